@@ -1,0 +1,101 @@
+"""How mf-harness plugs into lmms-eval 0.7.3.
+
+lmms-eval imports this module while it builds its model registry (entry point
+group ``lmms_eval.models``, declared in pyproject.toml), i.e. before any task is
+resolved. Importing it does three things, each small and idempotent:
+
+1. `manifests` registers ``intervened_qwen`` (and ``intervened_hf``).
+2. Our task folder is added to every `TaskManager`'s include path, so ``--tasks mfr``
+   works with no ``--include_path`` and no environment variable (lmms-eval does not
+   index plugin tasks by itself). ``--include_path`` keeps working alongside.
+3. Exit status: lmms-eval's CLI prints a traceback and exits 0 when an evaluation
+   fails. We replace the ``traceback`` name inside ``lmms_eval.__main__`` (used only
+   in that error path) so a failure prints one clear message for mf-harness input
+   errors (a traceback for anything else) and then exits with status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback as _traceback
+
+__all__ = ["manifests", "tasks_dir", "install"]
+
+MODEL_CLASS = "mf_harness.models.IntervenedQwen"
+
+
+def tasks_dir() -> str:
+    """The folder of mf-harness's task YAMLs (the repo's ``tasks/`` or the installed copy)."""
+    import mf_harness.tasks as t
+
+    return os.path.dirname(os.path.abspath(t.__file__))
+
+
+def manifests():
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    install()
+    return [
+        ModelManifest(model_id="intervened_qwen", simple_class_path=MODEL_CLASS, aliases=("intervened_hf",)),
+    ]
+
+
+def _patch_task_manager() -> None:
+    from lmms_eval.tasks import TaskManager
+
+    if getattr(TaskManager.__init__, "_mf_harness", False):
+        return
+    original = TaskManager.__init__
+
+    def __init__(self, *args, **kwargs):
+        names = ["verbosity", "include_path"]
+        for name, value in zip(names, args):
+            kwargs.setdefault(name, value)
+        args = ()
+        ours = tasks_dir()
+        inc = kwargs.get("include_path")
+        if inc is None:
+            inc = [ours]
+        else:
+            inc = [inc] if isinstance(inc, str) else list(inc)
+            if not any(os.path.abspath(p) == ours for p in inc):
+                inc.append(ours)
+        kwargs["include_path"] = inc
+        _patch_exit_status()  # lmms_eval.__main__ may have been imported after this module
+        original(self, *args, **kwargs)
+
+    __init__._mf_harness = True  # type: ignore[attr-defined]
+    TaskManager.__init__ = __init__
+
+
+class _ExitOnFailure:
+    """Stands in for the ``traceback`` module inside ``lmms_eval.__main__``."""
+
+    def __getattr__(self, name):
+        return getattr(_traceback, name)
+
+    @staticmethod
+    def print_exc(*args, **kwargs):
+        from mf_harness.errors import MfHarnessError
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, MfHarnessError):
+            print(f"mf-harness: error: {exc}", file=sys.stderr)
+        else:
+            _traceback.print_exc(*args, **kwargs)
+            print(f"mf-harness: error: evaluation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        raise SystemExit(1)
+
+
+def _patch_exit_status() -> None:
+    main = sys.modules.get("lmms_eval.__main__")
+    if main is not None and not isinstance(getattr(main, "traceback", None), _ExitOnFailure):
+        main.traceback = _ExitOnFailure()
+
+
+def install() -> None:
+    _patch_task_manager()
+    _patch_exit_status()

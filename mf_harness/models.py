@@ -1,0 +1,437 @@
+"""`intervened_qwen`: lmms-eval's Qwen2.5-VL / Qwen2-VL model with a head intervention.
+
+A thin lmms-eval model. Prompting follows lmms-eval's own ``qwen2_5_vl`` simple
+wrapper (system prompt first, images before the text, ``<image>`` removed, images
+re-encoded as JPEG quality 85 and resized with qwen-vl-utils' rule, chat template
+with the generation prompt, greedy unless ``temperature > 0``), so with an empty
+spec the outputs are those of the unmodified model. On top of that:
+
+* every forward runs inside `mf_harness.hooks.intervene` with a per-row plan
+  built from the spec and the doc's token scope;
+* ``loglikelihood`` is implemented (the upstream wrapper raises), so
+  multiple-choice tasks run;
+* failures name the doc (instruction not found, missing image, bad spec).
+
+Model args (``--model_args``): ``pretrained`` (hub id, local dir, or ``embedded``),
+``device``, ``device_map``, ``dtype`` (default bfloat16 on CUDA, float32 on CPU),
+``attn_implementation``, ``min_pixels``, ``max_pixels``, ``system_prompt``,
+``max_new_tokens`` (default for tasks that set none; upstream: 32768),
+``instruction_field`` (doc field with the instruction text, default
+``instruction``), ``revision``, plus the spec keys of `mf_harness.spec`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, List, Sequence, Tuple
+
+import torch
+from loguru import logger
+from PIL import Image
+from tqdm import tqdm
+
+from lmms_eval import utils as lmms_utils
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+
+from mf_harness.arch import arch_for, geometry, resolve
+from mf_harness.errors import DataError, MfHarnessError
+from mf_harness.hooks import HeadPlan, intervene
+from mf_harness.scopes import scope_positions
+from mf_harness.spec import InterventionSpec, spec_from_model_args
+
+__all__ = ["IntervenedQwen", "load_model", "qwen_fetch_image"]
+
+# lmms-eval's qwen2_5_vl simple wrapper defaults
+UPSTREAM_MIN_PIXELS = 256 * 28 * 28
+UPSTREAM_MAX_PIXELS = 1605632
+UPSTREAM_MAX_NEW_TOKENS = 32768
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def _resolve_pretrained(pretrained: str) -> str:
+    if pretrained == "embedded":
+        from mf_harness.embedded import embedded_path
+
+        return str(embedded_path())
+    return pretrained
+
+
+def _dtype(name: str | None, device: str) -> torch.dtype:
+    if name in (None, "", "auto"):
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+             "float32": torch.float32, "fp32": torch.float32}
+    if name not in table:
+        raise MfHarnessError(f"dtype must be one of {', '.join(table)}; got {name!r}")
+    return table[name]
+
+
+def load_model(pretrained: str, *, device: str = "cpu", device_map: str | None = None, dtype: str | None = None,
+               attn_implementation: str | None = None, revision: str | None = None,
+               min_pixels: int | None = None, max_pixels: int | None = None):
+    """Load (model, processor) the way users do: a hub id or a local directory, or ``embedded``."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mf_harness._compat import install_processor_shim
+
+    install_processor_shim()
+    path = _resolve_pretrained(pretrained)
+    kwargs: dict[str, Any] = {"dtype": _dtype(dtype, device)}
+    if revision:
+        kwargs["revision"] = revision
+    if attn_implementation:
+        valid = (None, "flash_attention_2", "sdpa", "eager")
+        if attn_implementation not in valid:
+            raise MfHarnessError(f"attn_implementation must be one of {valid}, got {attn_implementation!r}")
+        kwargs["attn_implementation"] = attn_implementation
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise MfHarnessError(f"cannot load checkpoint {pretrained!r}: {e}") from None
+    if not device_map:
+        model = model.to(device)
+    model.eval()
+    arch_for(model)  # fail early for families not in the table
+    pkw = {}
+    if min_pixels is not None:
+        pkw["min_pixels"] = min_pixels
+    if max_pixels is not None:
+        pkw["max_pixels"] = max_pixels
+    processor = AutoProcessor.from_pretrained(path, revision=revision, **pkw) if revision else \
+        AutoProcessor.from_pretrained(path, **pkw)
+    return model, processor
+
+
+def qwen_fetch_image(image: Image.Image, min_pixels: int, max_pixels: int, factor: int = 28) -> Image.Image:
+    """lmms-eval's image path for Qwen: JPEG q85 data URL, decoded, RGB, resized by qwen-vl-utils' rule."""
+    from lmms_eval.models.model_utils.media_encoder import encode_image_to_data_url
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    url = encode_image_to_data_url(image, image_format="JPEG", mime_type="image/jpeg", convert_rgb=True, quality=85)
+    data = base64.b64decode(url.split("base64,", 1)[1])
+    with io.BytesIO(data) as bio:
+        img = Image.open(bio)
+        img.load()
+    img = img.convert("RGB")
+    width, height = img.size
+    h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return img.resize((w, h))
+
+
+class IntervenedQwen(lmms):
+    """Qwen2.5-VL / Qwen2-VL under an `InterventionSpec` (see module docstring)."""
+
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str = "embedded",
+        device: str | None = None,
+        device_map: str | None = None,
+        dtype: str | None = None,
+        batch_size: int | str = 1,
+        attn_implementation: str | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        max_new_tokens: int | None = None,
+        instruction_field: str = "instruction",
+        revision: str | None = None,
+        use_cache: bool = True,
+        max_batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.spec, unknown = spec_from_model_args(kwargs)
+        if unknown:
+            raise MfHarnessError(
+                f"unknown model_args for intervened_qwen: {sorted(unknown)}; see `mf-harness --help` "
+                f"or the README for the accepted keys"
+            )
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = torch.device(device)
+        is_embedded = pretrained == "embedded"
+        if min_pixels is None and not is_embedded:
+            min_pixels = UPSTREAM_MIN_PIXELS
+        if max_pixels is None and not is_embedded:
+            max_pixels = UPSTREAM_MAX_PIXELS
+        self._model, self.processor = load_model(
+            pretrained, device=device, device_map=device_map, dtype=dtype, attn_implementation=attn_implementation,
+            revision=revision, min_pixels=min_pixels, max_pixels=max_pixels,
+        )
+        ip = self.processor.image_processor
+        self.min_pixels = int(min_pixels if min_pixels is not None else getattr(ip, "min_pixels", None)
+                              or ip.size["shortest_edge"])
+        self.max_pixels = int(max_pixels if max_pixels is not None else getattr(ip, "max_pixels", None)
+                              or ip.size["longest_edge"])
+        self.patch_factor = int(getattr(ip, "patch_size", 14) * getattr(ip, "merge_size", 2))
+        self._tokenizer = self.processor.tokenizer
+        self.pretrained = pretrained
+        self.system_prompt = system_prompt
+        self.default_max_new_tokens = int(max_new_tokens) if max_new_tokens else UPSTREAM_MAX_NEW_TOKENS
+        self.instruction_field = instruction_field
+        self.use_cache = use_cache
+        self.batch_size_per_gpu = int(batch_size)
+        self._config = self._model.config
+        self.geometry = geometry(self._model)
+        self.spec.validate_for(self.geometry.num_layers, self.geometry.num_heads, model_name=str(pretrained))
+        resolve(self._model)  # every hook site must exist before the first request
+        row = arch_for(self._model)
+        self._placeholder_ids = {self._tokenizer.convert_tokens_to_ids(t) for t in (row.image_token,) if t}
+        self._rank, self._world_size = 0, 1
+        logger.info(f"intervened_qwen: {pretrained} ({self.geometry.num_layers} layers x "
+                    f"{self.geometry.num_heads} heads), spec: {self.spec.describe()}")
+
+    # ----------------------------------------------------------------- lmms API
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def eot_token_id(self):
+        return self._tokenizer.eos_token_id
+
+    @property
+    def batch_size(self):
+        return self.batch_size_per_gpu
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def rank(self):
+        return self._rank
+
+    @property
+    def world_size(self):
+        return self._world_size
+
+    # ---------------------------------------------------------------- prompts
+    def _doc(self, task: str, split: str, doc_id: int) -> dict:
+        return self.task_dict[task][split][doc_id]
+
+    def _visuals(self, doc_to_visual, doc, label: str) -> list[Image.Image]:
+        if doc_to_visual is None:
+            return []
+        try:
+            visuals = doc_to_visual(doc)
+        except MfHarnessError:
+            raise
+        except (FileNotFoundError, OSError) as e:
+            raise DataError(f"{label}: image could not be loaded: {e}") from None
+        out = []
+        for v in visuals or []:
+            if v is None:
+                raise DataError(f"{label}: the doc's image is missing (doc_to_visual returned None)")
+            if isinstance(v, str) and v.endswith((".mp4", ".avi", ".mov", ".mkv", ".webm")):
+                raise MfHarnessError(f"{label}: videos are not supported by intervened_qwen")
+            if isinstance(v, str):
+                try:
+                    v = Image.open(v)
+                except (FileNotFoundError, OSError) as e:
+                    raise DataError(f"{label}: image could not be loaded: {e}") from None
+            if not isinstance(v, Image.Image):
+                raise DataError(f"{label}: doc_to_visual gave a {type(v).__name__}, expected a PIL image")
+            out.append(qwen_fetch_image(v, self.min_pixels, self.max_pixels, self.patch_factor))
+        return out
+
+    def build_messages(self, context: str, n_images: int) -> tuple[list[dict], str]:
+        """The upstream wrapper's message layout; returns (messages, user text)."""
+        text = context.replace("<image>", "")
+        messages: list[dict] = []
+        if self.system_prompt is not None:
+            messages.append({"role": "system", "content": self.system_prompt})
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]
+        messages.append({"role": "user", "content": content})
+        return messages, text
+
+    def render(self, context: str, n_images: int) -> tuple[str, str]:
+        messages, text = self.build_messages(context, n_images)
+        rendered = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return rendered, text
+
+    def _encode(self, rendered: list[str], images: list[list[Image.Image]]):
+        flat = [im for ims in images for im in ims]
+        padding_side = "left" if len(rendered) > 1 else "right"
+        inputs = self.processor(text=rendered, images=flat or None, padding=True, padding_side=padding_side,
+                                return_tensors="pt")
+        return inputs
+
+    def _row_positions(self, scope: str, rendered: str, user_text: str, ids: Sequence[int], doc: dict,
+                       label: str) -> list[int]:
+        instruction = doc.get(self.instruction_field) if isinstance(doc, dict) else None
+        return scope_positions(scope, rendered=rendered, user_text=user_text, expanded_ids=ids,
+                               tokenizer=self._tokenizer, placeholder_ids=self._placeholder_ids,
+                               instruction=instruction, doc_label=label)
+
+    def build_plan(self, specs: Sequence[InterventionSpec], rendered: list[str], user_texts: list[str],
+                   input_ids: torch.Tensor, attention_mask: torch.Tensor, docs: list[dict], labels: list[str],
+                   tail_lengths: Sequence[int] | None = None) -> HeadPlan | None:
+        """Plan for a left-padded batch. ``tail_lengths[b]``: trailing tokens of row b that are not
+        prompt (loglikelihood continuations); they are in scope where the spec acts on decode."""
+        if all(s.is_empty for s in specs):
+            return None
+        B, S = input_ids.shape
+        mask = torch.zeros(B, S, dtype=torch.bool)
+        for b in range(B):
+            if specs[b].is_empty:
+                continue
+            valid = attention_mask[b].bool()
+            idx = valid.nonzero().flatten()
+            if idx.numel() == 0:
+                continue
+            first = int(idx[0])
+            tail = tail_lengths[b] if tail_lengths else 0
+            ids = input_ids[b, first : S - tail].tolist()
+            pos = self._row_positions(specs[b].scope, rendered[b], user_texts[b], ids, docs[b], labels[b])
+            mask[b, [first + p for p in pos]] = True
+            if tail and specs[b].acts_on_decode:
+                mask[b, S - tail :] = True
+        return HeadPlan.build(specs, mask, self.geometry.num_layers, self.geometry.num_heads)
+
+    # ------------------------------------------------------------- generation
+    def generate_until(self, requests: List[Instance]) -> List[str]:
+        res: list[str] = []
+
+        def _collate(x):
+            toks = self._tokenizer.encode(x[0])
+            return -len(toks), x[0]
+
+        pbar = tqdm(total=len(requests), disable=(self.rank != 0), desc="Model Responding")
+        re_ords = lmms_utils.Collator([reg.args for reg in requests], _collate, grouping=True)
+        for chunk in re_ords.get_batched(n=self.batch_size, batch_fn=None):
+            contexts, all_gen_kwargs, doc_to_visuals, doc_ids, tasks, splits = zip(*chunk)
+            gen_kwargs = dict(all_gen_kwargs[0])
+            until = gen_kwargs.pop("until", [self._tokenizer.decode(self.eot_token_id)])
+            if isinstance(until, str):
+                until = [until]
+            elif not isinstance(until, list):
+                raise ValueError(f"Expected `gen_kwargs['until']` to be of type Union[str, list], but got {type(until)}")
+            until = [u for u in until if u != "\n\n"]
+            docs = [self._doc(t, s, d) for t, s, d in zip(tasks, splits, doc_ids)]
+            labels = [f"{t} doc {d}" for t, d in zip(tasks, doc_ids)]
+            images = [self._visuals(fn, doc, lab) for fn, doc, lab in zip(doc_to_visuals, docs, labels)]
+            rendered, user_texts = zip(*(self.render(c, len(ims)) for c, ims in zip(contexts, images)))
+            inputs = self._encode(list(rendered), images)
+            specs = [self.spec] * len(contexts)
+            plan = self.build_plan(specs, list(rendered), list(user_texts), inputs["input_ids"],
+                                   inputs["attention_mask"], docs, labels)
+            answers = self._generate(inputs, gen_kwargs, plan)
+            for i, ans in enumerate(answers):
+                for term in until:
+                    if term:
+                        ans = ans.split(term)[0]
+                answers[i] = ans
+            for ans, context in zip(answers, contexts):
+                res.append(ans)
+                self.cache_hook.add_partial("generate_until", (context, all_gen_kwargs[0]), ans)
+                pbar.update(1)
+        pbar.close()
+        return re_ords.get_original(res)
+
+    def _generate(self, inputs, gen_kwargs: dict, plan: HeadPlan | None) -> list[str]:
+        kw = {"max_new_tokens": self.default_max_new_tokens, "temperature": 0.0, "top_p": None, "num_beams": 1}
+        kw.update({k: v for k, v in gen_kwargs.items() if k in ("max_new_tokens", "temperature", "top_p",
+                                                                 "num_beams", "do_sample")})
+        temperature = kw["temperature"] or 0.0
+        do_sample = bool(kw.get("do_sample", False)) or temperature > 0
+        if plan is not None and int(kw["num_beams"]) > 1:
+            raise MfHarnessError("beam search (num_beams > 1) is not supported with an intervention")
+        inputs = inputs.to(self.device)
+        with torch.inference_mode(), intervene(self._model, plan):
+            out = self._model.generate(
+                **inputs,
+                eos_token_id=self._tokenizer.eos_token_id,
+                pad_token_id=self._tokenizer.pad_token_id,
+                do_sample=do_sample,
+                temperature=temperature if do_sample else None,
+                top_p=kw["top_p"] if do_sample else None,
+                num_beams=kw["num_beams"],
+                max_new_tokens=int(kw["max_new_tokens"]),
+                use_cache=self.use_cache,
+            )
+        trimmed = out[:, inputs["input_ids"].shape[1]:]
+        return self.processor.batch_decode(trimmed, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    # ---------------------------------------------------------- loglikelihood
+    def loglikelihood(self, requests: List[Instance]) -> List[Tuple[float, bool]]:
+        """Sum of log p(continuation | prompt) and whether it is the greedy continuation.
+
+        The prompt is the chat-templated request with the generation prompt; the
+        continuation's tokens are appended to it (lm-eval's context/continuation split).
+        """
+        res: list[Tuple[float, bool]] = []
+
+        def _collate(x):
+            return -len(self._tokenizer.encode(x[0] + x[1])), x[0]
+
+        pbar = tqdm(total=len(requests), disable=(self.rank != 0), desc="Model Loglikelihood")
+        re_ords = lmms_utils.Collator([reg.args for reg in requests], _collate, grouping=False)
+        for chunk in re_ords.get_batched(n=self.batch_size, batch_fn=None):
+            contexts, continuations, doc_to_visuals, doc_ids, tasks, splits = zip(*chunk)
+            docs = [self._doc(t, s, d) for t, s, d in zip(tasks, splits, doc_ids)]
+            labels = [f"{t} doc {d}" for t, d in zip(tasks, doc_ids)]
+            images = [self._visuals(fn, doc, lab) for fn, doc, lab in zip(doc_to_visuals, docs, labels)]
+            res.extend(self._loglikelihood_batch(list(contexts), list(continuations), images, docs, labels))
+            pbar.update(len(chunk))
+        pbar.close()
+        return re_ords.get_original(res)
+
+    def _loglikelihood_batch(self, contexts, continuations, images, docs, labels) -> list[Tuple[float, bool]]:
+        rendered, user_texts = map(list, zip(*(self.render(c, len(ims)) for c, ims in zip(contexts, images))))
+        enc = self._encode(rendered, images)
+        rows, tails = [], []
+        for b, cont in enumerate(continuations):
+            keep = enc["attention_mask"][b].bool()
+            cont_ids = self._tokenizer(cont, add_special_tokens=False)["input_ids"]
+            if not cont_ids:
+                raise MfHarnessError(f"{labels[b]}: empty continuation {cont!r}")
+            rows.append((enc["input_ids"][b][keep].tolist(), cont_ids,
+                         enc["mm_token_type_ids"][b][keep].tolist() if "mm_token_type_ids" in enc else None))
+            tails.append(len(cont_ids))
+        S = max(len(p) + len(c) for p, c, _ in rows)
+        pad = self._tokenizer.pad_token_id
+        ids = torch.full((len(rows), S), pad, dtype=torch.long)
+        att = torch.zeros((len(rows), S), dtype=torch.long)
+        mm = torch.zeros((len(rows), S), dtype=torch.long) if rows[0][2] is not None else None
+        for b, (p, c, m) in enumerate(rows):
+            n = len(p) + len(c)
+            ids[b, S - n:] = torch.tensor(p + c)
+            att[b, S - n:] = 1
+            if mm is not None:
+                mm[b, S - n: S - len(c)] = torch.tensor(m)
+        inputs = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        inputs.update(input_ids=ids, attention_mask=att)
+        if mm is not None:
+            inputs["mm_token_type_ids"] = mm
+        specs = [self.spec] * len(rows)
+        plan = self.build_plan(specs, rendered, user_texts, ids, att, docs, labels, tail_lengths=tails)
+        inputs = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in inputs.items()}
+        with torch.inference_mode(), intervene(self._model, plan):
+            logits = self._model(**inputs).logits.float()
+        out = []
+        for b, (_, c, _) in enumerate(rows):
+            L = len(c)
+            lp = torch.log_softmax(logits[b, S - L - 1: S - 1], dim=-1)
+            target = torch.tensor(c, device=lp.device)
+            total = lp.gather(-1, target[:, None]).sum().item()
+            greedy = bool((lp.argmax(-1) == target).all())
+            out.append((total, greedy))
+        return out
+
+    def generate_until_multi_round(self, requests) -> List[str]:
+        raise NotImplementedError("intervened_qwen does not implement multi-round generation")
