@@ -96,13 +96,16 @@ def load_model(pretrained: str, *, device: str = "cpu", device_map: str | None =
         model = model.to(device)
     model.eval()
     arch_for(model)  # fail early for families not in the table
-    pkw = {}
-    if min_pixels is not None:
-        pkw["min_pixels"] = min_pixels
-    if max_pixels is not None:
-        pkw["max_pixels"] = max_pixels
-    processor = AutoProcessor.from_pretrained(path, revision=revision, **pkw) if revision else \
-        AutoProcessor.from_pretrained(path, **pkw)
+    processor = AutoProcessor.from_pretrained(path, revision=revision) if revision else AutoProcessor.from_pretrained(path)
+    ip = processor.image_processor
+    if min_pixels is not None or max_pixels is not None:
+        size = dict(getattr(ip, "size", None) or {})
+        size["shortest_edge"] = int(min_pixels) if min_pixels is not None else size.get("shortest_edge")
+        size["longest_edge"] = int(max_pixels) if max_pixels is not None else size.get("longest_edge")
+        ip.size = size
+        for attr, value in (("min_pixels", size["shortest_edge"]), ("max_pixels", size["longest_edge"])):
+            if hasattr(ip, attr):
+                setattr(ip, attr, value)
     return model, processor
 
 
