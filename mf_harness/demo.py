@@ -29,13 +29,14 @@ def run_mfr(model_args: str, tasks=("mfr_text", "mfr_vision"), limit: int | None
     mf_harness.lmms_plugin.install()
     res = evaluator.simple_evaluate(
         model="intervened_qwen", model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
-        task_manager=TaskManager("ERROR"), verbosity="ERROR", log_samples=False,
+        task_manager=TaskManager("ERROR"), verbosity="ERROR", log_samples=True,
     )
     out = {}
     for t in tasks:
         r = res["results"][t]
         out[t] = {k.split(",")[0]: v for k, v in r.items() if "," in k and "stderr" not in k}
         out[t]["n"] = res["n-samples"][t]["effective"]
+        out[t]["answers"] = {s["doc_id"]: s["filtered_resps"] for s in res["samples"][t]}
     return out
 
 
@@ -68,14 +69,20 @@ def main(limit: int | None = None) -> int:
         rows.append((label, r, time.time() - t0))
         print(f"  lmms-eval --model intervened_qwen --model_args {margs} --tasks mfr   ({time.time() - t0:.0f}s)")
     print()
-    head = f"{'run':<48} {'MFR text':>9} {'MFR vision':>11} {'competing':>10} {'neither':>8} {'n':>5}"
+    head = (f"{'run':<48} {'MFR text':>9} {'MFR vision':>11} {'competing':>10} {'neither':>8} "
+            f"{'changed':>8} {'n':>5}")
     print(head)
     print("-" * len(head))
+    base = rows[0][1]
     for label, r, _ in rows:
         t, v = r["mfr_text"], r["mfr_vision"]
         comp = (t["competing"] + v["competing"]) / 2
         nei = (t["neither"] + v["neither"]) / 2
-        print(f"{label[:48]:<48} {t['mfr']:>9.3f} {v['mfr']:>11.3f} {comp:>10.3f} {nei:>8.3f} {t['n'] + v['n']:>5}")
+        n = t["n"] + v["n"]
+        changed = sum(r[k]["answers"][d] != base[k]["answers"][d] for k in ("mfr_text", "mfr_vision")
+                      for d in r[k]["answers"]) / n
+        print(f"{label[:48]:<48} {t['mfr']:>9.3f} {v['mfr']:>11.3f} {comp:>10.3f} {nei:>8.3f} {changed:>8.3f} {n:>5}")
+    print("\n'changed': share of answers that differ from the original run's answer for the same doc.")
     print("\nThe embedded checkpoint has random weights until the trained one lands: these numbers show the\n"
           "pipeline, not modality following. Point pretrained= at a real Qwen2.5-VL to measure a model.")
     return 0
