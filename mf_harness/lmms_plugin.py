@@ -77,17 +77,33 @@ class _ExitOnFailure:
 
     @staticmethod
     def print_exc(*args, **kwargs):
-        from mf_harness.errors import MfHarnessError
-
-        exc = sys.exc_info()[1]
-        if isinstance(exc, MfHarnessError):
-            print(f"mf-harness: error: {exc}", file=sys.stderr)
+        exc = _user_error(sys.exc_info()[1])
+        if exc is not None:
+            # start on a fresh line: a progress bar may be mid-line on stderr
+            print(f"\nmf-harness: error: {exc}", file=sys.stderr)
         else:
             _traceback.print_exc(*args, **kwargs)
-            print(f"mf-harness: error: evaluation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            exc = sys.exc_info()[1]
+            print(f"\nmf-harness: error: evaluation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
         raise SystemExit(1)
+
+
+def _user_error(exc: BaseException | None):
+    """The `MfHarnessError` behind ``exc``, looking through causes and tenacity's RetryError
+    (lmms-eval retries dataset loading, so an error in ``process_docs`` arrives wrapped)."""
+    from mf_harness.errors import MfHarnessError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MfHarnessError):
+            return exc
+        last = getattr(exc, "last_attempt", None)  # tenacity.RetryError
+        inner = last.exception() if last is not None and hasattr(last, "exception") else None
+        exc = inner or exc.__cause__ or exc.__context__
+    return None
 
 
 def _patch_exit_status() -> None:

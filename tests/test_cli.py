@@ -122,3 +122,25 @@ def test_tasks_are_found_from_an_installed_wheel(tmp_path):
     lines = p.stdout.strip().splitlines()[-5:]
     assert all(line.startswith(str(target)) for line in lines[:3] + lines[4:]), lines
     assert lines[3] == "True"
+
+
+def test_missing_coco_image_is_one_clear_message(tmp_path):
+    mc2 = Path(os.environ.get("MF_HARNESS_SHARED", REPO.parent / "shared")) / "data" / "mc2" / "evaluate_final.json"
+    env = dict(ENV, MF_HARNESS_MC2_FILE=str(mc2), MF_HARNESS_COCO_ROOT=str(tmp_path))
+    p = subprocess.run([str(BIN / "lmms-eval"), "--model", "intervened_qwen", "--model_args", "pretrained=embedded",
+                        "--tasks", "mfr_mc2_text", "--limit", "2"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 1
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("mf-harness: error:")]
+    assert len(lines) == 1, p.stderr[-2000:]
+    assert "COCO image 0000" in lines[0] and "not found under MF_HARNESS_COCO_ROOT" in lines[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_unknown_phrasing_inside_process_docs_is_unwrapped(tmp_path):
+    p = subprocess.run([str(BIN / "lmms-eval"), "--model", "intervened_qwen", "--model_args", "pretrained=embedded",
+                        "--tasks", "mfr_text", "--limit", "2"], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(ENV, MF_HARNESS_INSTRUCTION="bogus"), timeout=300)
+    assert p.returncode == 1
+    assert "mf-harness: error: MF_HARNESS_INSTRUCTION: unknown instruction phrasing 'bogus'" in p.stderr
+    assert "Traceback" not in p.stderr
