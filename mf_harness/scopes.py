@@ -26,7 +26,8 @@ from typing import Sequence
 
 from mf_harness.errors import MfHarnessError
 
-__all__ = ["InstructionNotFound", "ScopeError", "align_expanded", "char_span_positions", "scope_positions"]
+__all__ = ["InstructionNotFound", "ScopeError", "align_expanded", "char_span_positions", "scope_positions",
+           "span_positions"]
 
 
 class ScopeError(MfHarnessError, ValueError):
@@ -123,6 +124,15 @@ def scope_positions(
             spans += [(h, h + len(s)) for h in hits]
     else:
         raise ScopeError(f"unknown scope {scope!r}")
+    positions = span_positions(rendered, spans, expanded_ids, tokenizer, placeholder_ids)
+    if not positions:
+        raise ScopeError(f"{doc_label}: scope {scope!r} maps to no tokens")
+    return positions
+
+
+def span_positions(rendered: str, spans: Sequence[tuple[int, int]], expanded_ids: Sequence[int], tokenizer,
+                   placeholder_ids: Sequence[int] = ()) -> list[int]:
+    """Positions in ``expanded_ids`` of the tokens overlapping any character span of ``rendered``."""
     enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
     plain_ids, offsets = enc["input_ids"], enc["offset_mapping"]
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}).keys())
@@ -131,6 +141,4 @@ def scope_positions(
     for a, b in spans:
         for i in char_span_positions(offsets, a, b):
             positions.add(mapping[i])
-    if not positions:
-        raise ScopeError(f"{doc_label}: scope {scope!r} maps to no tokens")
     return sorted(positions)

@@ -1,0 +1,310 @@
+"""The paper's measures, composed from capture + readout (see `lens`), knockout and the hooks.
+
+* **LDAR** (latent decision alignment rate) at layer l: the share of samples whose readout
+  already prefers the side of the model's final decision,
+  mean_n 1[(R_l(E_c) > R_l(E_o)) == final_n]. The final decision is read from the final
+  logits at the last prompt position: compliant when max_{E_c} logit > max_{E_o} logit
+  (the next-token decision; samples are split into successes and failures by it).
+  Reported at the instruction tokens (top-k readout) and at the last prompt position.
+* **Margin attribution** (direct logit attribution, the paper's Eq. 9): head h of layer l
+  contributes the frozen-scale readout of W_O[:, h] z_h to the margin of the readout layer
+  (default: the last layer), on the positions and tokens the full readout selected.
+  Per layer, the attention output a_l and MLP output m_l are credited against M_l.
+* **Single-head ablation** (total effect): block one head at a scope and measure the drop
+  of the final margin max_{E_c} - max_{E_o} at the last position. DLA measures the direct
+  path only; heads that write the answer into the instruction tokens for later layers to
+  read show up in ablation, not in DLA, so both rankings are offered.
+* **Attention knockout** (Geva et al. 2023): cut the attention edges from a source token set
+  to a destination set, for every head, in a window of layers centred on l (window is a
+  parameter; Geva et al. used 9). **NSSD**: with p, p' the next-token distributions at the
+  last position before and after the cut, restricted to E_c u E_o and renormalised,
+  NSSD = sign(p'(E_c) - p(E_c)) * KL(p || p'). Negative: the cut pathway carried the
+  instruction-compliant answer. Zero when nothing changes.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from mf_harness.analysis.lens import (
+    capture,
+    component_logits,
+    instruction_readout,
+    lens_logits,
+    readout_weights,
+    rms_scale,
+    token_columns,
+)
+from mf_harness.analysis.samples import Sample, encode_samples
+from mf_harness.arch import geometry, resolve
+from mf_harness.hooks import HeadPlan, intervene
+from mf_harness.spec import Head, InterventionSpec
+
+__all__ = ["lens_and_attribution", "ldar_table", "ablation_effects", "cut_edges", "knockout_nssd", "nssd",
+           "final_margins"]
+
+
+def _batches(items: Sequence, n: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), n):
+        yield items[i: i + n]
+
+
+def _positions(samples, offsets):
+    """Instruction positions followed by the last position, per row (absolute)."""
+    out = []
+    for s, o in zip(samples, offsets):
+        out.append(torch.tensor([o + p for p in s.token_sets["instruction"]] + [o + s.length - 1]))
+    return out
+
+
+def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: int = 8,
+                         readout_layer: int = -1, progress: bool = True) -> dict:
+    """One captured forward per batch; returns tidy rows for LDAR, layer attribution and head attribution.
+
+    ``rows_lens``: sample_id, follow, layer, site (instruction|last), R_c, R_o, margin, agree, success.
+    ``rows_layers``: sample_id, follow, layer, margin, attn, mlp (contributions to M_l at the instruction).
+    ``rows_heads``: sample_id, follow, site, layer, head, contribution (to the readout layer's margin, at
+    the instruction tokens and at the last position).
+    """
+    model = lm.model
+    geo = geometry(model)
+    L = geo.num_layers
+    rl = readout_layer % L
+    W_O = [o.weight.detach().float() for o in resolve(model)[3]]
+    rows_lens, rows_layers, rows_heads = [], [], []
+    for batch in tqdm(list(_batches(samples, batch_size)), desc="lens+attribution", disable=not progress):
+        enc, offsets = encode_samples(lm, batch)
+        pos = _positions(batch, offsets)
+        tokens = sorted({t for s in batch for t in s.compliant_ids + s.competing_ids})
+        ro = readout_weights(model, tokens)
+        tr = capture(model, enc, pos, with_logits=True)
+        for b, s in enumerate(batch):
+            n_ins = len(s.token_sets["instruction"])
+            P = n_ins + 1
+            valid_ins = torch.zeros(tr.valid.shape[1], dtype=torch.bool)
+            valid_ins[:n_ins] = True
+            last_valid = torch.zeros_like(valid_ins)
+            last_valid[n_ins] = True
+            ec, eo = token_columns(ro, s.compliant_ids), token_columns(ro, s.competing_ids)
+            final = tr.logits[b, n_ins, ro.tokens.to(tr.logits.device)].float()
+            final_comp = bool(final[ec].max() > final[eo].max())
+            sel_rl = {}
+            for l in range(L):
+                h = tr.resid[l][b]
+                full = lens_logits(ro, h)  # [P, T]
+                for site, valid in (("instruction", valid_ins), ("last", last_valid)):
+                    kk = k if site == "instruction" else 1
+                    rc, ro_, sel = instruction_readout(full, valid.to(full.device), ec.to(full.device),
+                                                       eo.to(full.device), kk)
+                    m = float(rc - ro_)
+                    rows_lens.append(dict(sample_id=s.sample_id, follow=s.follow, layer=l, site=site, R_c=float(rc),
+                                          R_o=float(ro_), margin=m, agree=(m > 0) == final_comp,
+                                          success=final_comp))
+                    if l == rl:
+                        sel_rl[site] = sel
+                    if site == "instruction":
+                        pc, tc, po, to = sel
+                        scale = rms_scale(ro, h)
+                        contrib = {}
+                        for name, comp in (("attn", tr.attn[l][b]), ("mlp", tr.mlp[l][b])):
+                            cl = component_logits(ro, comp, scale)
+                            contrib[name] = float(cl[pc, tc].mean() - cl[po, to].mean())
+                        rows_layers.append(dict(sample_id=s.sample_id, follow=s.follow, layer=l, margin=m, **contrib))
+            # per-head DLA at the readout layer, at the instruction (top-k) and at the last position
+            h = tr.resid[rl][b]
+            scale = rms_scale(ro, h)[:, 0]  # [P]
+            U = ro.W_U.to(h.device) * ro.gain.to(h.device)  # [T, D]
+            for l in range(L):
+                UW = (U @ W_O[l].to(h.device)).view(-1, geo.num_heads, geo.head_dim)  # [T, H, d]
+                z = tr.z[l][b].float()  # [P, H, d]
+                hl = torch.einsum("phd,thd->pht", z, UW) * scale[:, None, None]  # [P, H, T]
+                for site, (pc, tc, po, to) in sel_rl.items():
+                    contrib = hl[pc, :, tc].mean(0) - hl[po, :, to].mean(0)  # [H]
+                    for hh in range(geo.num_heads):
+                        rows_heads.append(dict(sample_id=s.sample_id, follow=s.follow, site=site, layer=l, head=hh,
+                                               contribution=float(contrib[hh])))
+    return {"lens": rows_lens, "layers": rows_layers, "heads": rows_heads}
+
+
+def ldar_table(rows_lens) -> "pandas.DataFrame":
+    """LDAR by (follow, site, layer), over all samples and split by success / failure."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows_lens)
+    out = []
+    for (follow, site, layer), g in df.groupby(["follow", "site", "layer"]):
+        for subset, gg in (("all", g), ("success", g[g.success]), ("failure", g[~g.success])):
+            if len(gg):
+                out.append(dict(follow=follow, site=site, layer=layer, subset=subset, ldar=float(gg.agree.mean()),
+                                margin_mean=float(gg.margin.mean()), margin_std=float(gg.margin.std(ddof=0)),
+                                n=len(gg)))
+    return pd.DataFrame(out)
+
+
+def _scope_mask(batch, offsets, shape, scope: str) -> torch.Tensor:
+    masks = torch.zeros(shape, dtype=torch.bool)
+    key = {"instruction": "instruction", "prompt_text": "prompt_text", "last": "last"}.get(scope)
+    for b, (s, o) in enumerate(zip(batch, offsets)):
+        pos = s.token_sets[key] if key else list(range(s.length))
+        masks[b, [o + p for p in pos]] = True
+    return masks
+
+
+def _margins(lm, batch, enc, offsets, spec: InterventionSpec | None) -> list[torch.Tensor]:
+    model = lm.model
+    plan = None
+    if spec is not None and not spec.is_empty:
+        geo = geometry(model)
+        plan = HeadPlan.build([spec] * len(batch), _scope_mask(batch, offsets, enc["input_ids"].shape, spec.scope),
+                              geo.num_layers, geo.num_heads)
+    device = next(model.parameters()).device
+    feed = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in enc.items()}
+    with torch.inference_mode(), intervene(model, plan):
+        logits = model(**feed).logits[:, -1].float()
+    return [logits[b, s.compliant_ids].max() - logits[b, s.competing_ids].max() for b, s in enumerate(batch)]
+
+
+def final_margins(lm, samples: Sequence[Sample], spec: InterventionSpec | None = None,
+                  batch_size: int = 8) -> torch.Tensor:
+    """max_{E_c} - max_{E_o} of the final logits at the last prompt position, per sample."""
+    out = []
+    for batch in _batches(samples, batch_size):
+        enc, offsets = encode_samples(lm, batch)
+        out += _margins(lm, batch, enc, offsets, spec)
+    return torch.stack(out).cpu()
+
+
+def ablation_effects(lm, samples: Sequence[Sample], scope: str = "instruction", batch_size: int = 8,
+                     heads: Sequence[Head] | None = None, progress: bool = True) -> list[dict]:
+    """Total effect of each head: drop of the final margin when that head alone is blocked at ``scope``.
+
+    Costs one forward per head per batch (each batch is encoded once).
+    """
+    geo = geometry(lm.model)
+    heads = list(heads) if heads is not None else [Head(l, h) for l in range(geo.num_layers)
+                                                    for h in range(geo.num_heads)]
+    rows = []
+    batches = list(_batches(samples, batch_size))
+    bar = tqdm(total=len(batches) * len(heads), desc=f"single-head ablation at {scope}", disable=not progress)
+    for batch in batches:
+        enc, offsets = encode_samples(lm, batch)
+        clean = _margins(lm, batch, enc, offsets, None)
+        for head in heads:
+            m = _margins(lm, batch, enc, offsets, InterventionSpec(block=[head], scope=scope))
+            for s, c, a in zip(batch, clean, m):
+                rows.append(dict(sample_id=s.sample_id, follow=s.follow, layer=head.layer, head=head.head,
+                                 effect=float(c - a)))
+            bar.update(1)
+    bar.close()
+    return rows
+
+
+@contextmanager
+def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: Sequence[torch.Tensor]):
+    """Remove attention edges src -> dest (absolute positions per row) for every head in ``layers``.
+
+    Edits the ``attention_mask`` each attention module receives: the float mask (eager) gets
+    the dtype's minimum, the boolean mask (sdpa) gets False, and a missing mask (sdpa without
+    padding) is rebuilt as the causal mask first. A position's edge to itself is kept, so no
+    query loses every key.
+    """
+    _, _, attns, _ = resolve(model)
+    B = len(dest)
+    handles = []
+    state = {}
+
+    def cut_matrix(q_len, k_len, offset, device):
+        C = torch.zeros(B, q_len, k_len, dtype=torch.bool, device=device)
+        for b in range(B):
+            d = dest[b].to(device)
+            d = d[(d >= offset) & (d < offset + q_len)] - offset
+            if d.numel() == 0 or src[b].numel() == 0:
+                continue
+            s = src[b].to(device)
+            s = s[s < k_len]
+            C[b, d[:, None], s[None, :]] = True
+            C[b, d, d + offset] = False  # keep self edges
+        return C
+
+    def pre(module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        Bq, q_len = h.shape[:2]
+        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+        offset = int(cache.get_seq_length(module.layer_idx)) if cache is not None else 0
+        k_len = offset + q_len
+        mask = kwargs.get("attention_mask")
+        C = cut_matrix(q_len, k_len, offset, h.device)
+        if not C.any():
+            return None
+        if mask is None:
+            qpos = torch.arange(offset, k_len, device=h.device)[:, None]
+            kpos = torch.arange(k_len, device=h.device)[None, :]
+            mask = (kpos <= qpos)[None, None].expand(Bq, 1, q_len, k_len).clone()
+        else:
+            mask = mask.clone()
+            if mask.shape[0] != Bq:
+                mask = mask.expand(Bq, *mask.shape[1:]).clone()
+        m = mask[..., :k_len]
+        if m.dtype == torch.bool:
+            m[C[:, None]] = False
+        else:
+            m[C[:, None]] = torch.finfo(m.dtype).min
+        kwargs["attention_mask"] = mask
+        state["cut"] = state.get("cut", 0) + int(C.sum())
+        return args, kwargs
+
+    try:
+        for l in layers:
+            handles.append(attns[l].register_forward_pre_hook(pre, with_kwargs=True))
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def nssd(p_logits: torch.Tensor, q_logits: torch.Tensor, ec: Sequence[int], eo: Sequence[int]) -> float:
+    """NSSD of one sample from the clean (p) and knocked-out (q) next-token logits."""
+    sub = sorted(set(ec) | set(eo))
+    idx = torch.tensor(sub)
+    is_c = torch.tensor([t in set(ec) for t in sub])
+    p = torch.softmax(p_logits[idx].double(), -1)
+    q = torch.softmax(q_logits[idx].double(), -1)
+    kl = float((p * (p.log() - q.log())).sum())
+    diff = float(q[is_c].sum() - p[is_c].sum())
+    sign = 0.0 if diff == 0 else math.copysign(1.0, diff)
+    return sign * kl
+
+
+def knockout_nssd(lm, samples: Sequence[Sample], src: str, dest: str, window: int = 9, batch_size: int = 8,
+                  layers: Sequence[int] | None = None, progress: bool = True) -> list[dict]:
+    """NSSD and decision change per sample for a knockout src -> dest centred on each layer."""
+    model = lm.model
+    L = geometry(model).num_layers
+    centers = list(layers) if layers is not None else list(range(L))
+    half = window // 2
+    rows = []
+    device = next(model.parameters()).device
+    for batch in tqdm(list(_batches(samples, batch_size)), desc=f"knockout {src}->{dest}", disable=not progress):
+        enc, offsets = encode_samples(lm, batch)
+        feed = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in enc.items()}
+        d = [torch.tensor([o + p for p in s.token_sets[dest]], dtype=torch.long) for s, o in zip(batch, offsets)]
+        sp = [torch.tensor([o + p for p in s.token_sets[src]], dtype=torch.long) for s, o in zip(batch, offsets)]
+        with torch.inference_mode():
+            clean = model(**feed).logits[:, -1].float()
+        for c in centers:
+            win = range(max(0, c - half), min(L, c + half + 1))
+            with torch.inference_mode(), cut_edges(model, win, d, sp):
+                cut = model(**feed).logits[:, -1].float()
+            for b, s in enumerate(batch):
+                before = bool(clean[b, s.compliant_ids].max() > clean[b, s.competing_ids].max())
+                after = bool(cut[b, s.compliant_ids].max() > cut[b, s.competing_ids].max())
+                rows.append(dict(sample_id=s.sample_id, follow=s.follow, src=src, dest=dest, layer=c,
+                                 window=f"{win.start}-{win.stop - 1}",
+                                 nssd=nssd(clean[b], cut[b], s.compliant_ids, s.competing_ids),
+                                 compliant_before=before, compliant_after=after))
+    return rows
