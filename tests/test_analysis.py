@@ -1,0 +1,257 @@
+"""The analysis measures against hand computations on a tiny real Qwen2.5-VL."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from mf_harness.analysis import (
+    capture,
+    cut_edges,
+    encode_samples,
+    knockout_nssd,
+    lens_and_attribution,
+    ldar_table,
+    load_task_docs,
+    nssd,
+    prepare_samples,
+)
+from mf_harness.analysis.measures import ablation_effects, final_margins
+from mf_harness.arch import geometry, resolve
+from mf_harness.models import IntervenedQwen
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_qwen25_dir):
+    lm = IntervenedQwen(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56, attn_implementation="eager")
+    task, docs = load_task_docs("mfr_text", limit=6)
+    samples = prepare_samples(lm, task, docs)
+    return lm, samples
+
+
+def test_token_sets_decode_to_the_doc_fields(setup):
+    lm, samples = setup
+    for s in samples:
+        ids = lm._encode([s.rendered], [s.images])["input_ids"][0]
+        dec = lambda name: lm.tokenizer.decode(ids[s.token_sets[name]]).strip()  # noqa: E731
+        assert dec("instruction") == s.doc["instruction"]
+        assert dec("context") == s.doc["context"].strip()
+        assert dec("question") == s.doc["question"].strip()
+        assert dec("format") == s.doc["format_instruction"]
+        assert all(int(ids[p]) in lm._placeholder_ids for p in s.token_sets["image"])
+        assert s.token_sets["last"] == [len(ids) - 1]
+        assert not set(s.compliant_ids) & set(s.competing_ids)
+
+
+def test_logit_lens_of_last_layer_is_the_model_output_and_residual_decomposes(setup):
+    lm, samples = setup
+    enc, offsets = encode_samples(lm, samples[:3])
+    pos = [torch.arange(o, enc["input_ids"].shape[1]) for o in offsets]
+    tr = capture(lm.model, enc, pos, with_logits=True)
+    model = lm.model
+    norm, head = model.model.language_model.norm, model.lm_head
+    L = geometry(model).num_layers
+    for b in range(3):
+        n = len(pos[b])
+        h = tr.resid[L - 1][b, :n]
+        assert torch.allclose(head(norm(h)), tr.logits[b, :n], atol=1e-5)
+        total = tr.embed[b, :n] + sum(tr.attn[l][b, :n] + tr.mlp[l][b, :n] for l in range(L))
+        assert torch.allclose(total, h, atol=1e-5)
+
+
+def _hand_readout(lm, tr, b, layer, rows, tokens, k):
+    """R(E) by hand: full vocabulary logit lens, max over E, mean of the top-k rows."""
+    model = lm.model
+    logits = model.lm_head(model.model.language_model.norm(tr.resid[layer][b, rows]))
+    s = sorted((max(float(logits[i, t]) for t in tokens) for i in range(len(rows))), reverse=True)
+    return sum(s[:k]) / min(k, len(s))
+
+
+def test_ldar_and_margins_match_hand_computation(setup):
+    lm, samples = setup
+    k = 2
+    r = lens_and_attribution(lm, samples, k=k, batch_size=4, progress=False)
+    enc, offsets = encode_samples(lm, samples)
+    pos = [torch.tensor([o + p for p in s.token_sets["instruction"]] + [o + s.length - 1])
+           for s, o in zip(samples, offsets)]
+    tr = capture(lm.model, enc, pos, with_logits=True)
+    L = geometry(lm.model).num_layers
+    rows = {(x["sample_id"], x["layer"], x["site"]): x for x in r["lens"]}
+    agree = {l: [] for l in range(L)}
+    for b, s in enumerate(samples):
+        n = len(s.token_sets["instruction"])
+        final = tr.logits[b, n]
+        final_comp = max(float(final[t]) for t in s.compliant_ids) > max(float(final[t]) for t in s.competing_ids)
+        for l in range(L):
+            rc = _hand_readout(lm, tr, b, l, list(range(n)), s.compliant_ids, k)
+            ro = _hand_readout(lm, tr, b, l, list(range(n)), s.competing_ids, k)
+            got = rows[(s.sample_id, l, "instruction")]
+            assert got["R_c"] == pytest.approx(rc, abs=1e-4) and got["R_o"] == pytest.approx(ro, abs=1e-4)
+            assert got["success"] == final_comp
+            agree[l].append((rc > ro) == final_comp)
+            last = rows[(s.sample_id, l, "last")]
+            assert last["R_c"] == pytest.approx(_hand_readout(lm, tr, b, l, [n], s.compliant_ids, 1), abs=1e-4)
+    table = ldar_table(r["lens"])
+    for l in range(L):
+        got = table[(table.site == "instruction") & (table.layer == l) & (table.subset == "all")].ldar.item()
+        assert got == pytest.approx(sum(agree[l]) / len(agree[l]))
+
+
+def test_head_dla_matches_explicit_per_head_vectors(setup):
+    lm, samples = setup
+    model = lm.model
+    geo = geometry(model)
+    k = 2
+    r = lens_and_attribution(lm, samples[:2], k=k, batch_size=2, progress=False)
+    heads = {(x["sample_id"], x["site"], x["layer"], x["head"]): x["contribution"] for x in r["heads"]}
+    layer_rows = {(x["sample_id"], x["layer"]): x for x in r["layers"]}
+    s = samples[0]
+    enc, offsets = encode_samples(lm, [s])
+    n = len(s.token_sets["instruction"])
+    pos = [torch.tensor(s.token_sets["instruction"] + [s.length - 1])]
+    tr = capture(model, enc, pos, with_logits=True)
+    L = geo.num_layers
+    norm, W_U = model.model.language_model.norm, model.lm_head.weight
+    hL = tr.resid[L - 1][0, :n]
+    inv_rms = 1.0 / torch.sqrt(hL.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    full = model.lm_head(norm(hL))
+    # the readout selects, per side, the top-k instruction rows and the argmax token in each
+    sel = {}
+    for side, toks in (("c", s.compliant_ids), ("o", s.competing_ids)):
+        best = [(max(float(full[i, t]) for t in toks), i, max(toks, key=lambda t: float(full[i, t]))) for i in range(n)]
+        sel[side] = sorted(best, reverse=True)[:k]
+    oprojs = resolve(model)[3]
+    total = 0.0
+    for l in range(L):
+        W_O = oprojs[l].weight
+        for h in range(geo.num_heads):
+            d = geo.head_dim
+            vec = tr.z[l][0, :n, h] @ W_O[:, h * d:(h + 1) * d].T  # explicit head output W_O[:, h] z_h
+            read = (vec * inv_rms * norm.weight) @ W_U.T  # [n, V]
+            want = (sum(float(read[i, t]) for _, i, t in sel["c"]) / k
+                    - sum(float(read[i, t]) for _, i, t in sel["o"]) / k)
+            assert heads[(s.sample_id, "instruction", l, h)] == pytest.approx(want, abs=1e-5)
+            if l == L - 1:
+                total += want
+    # the heads of the last layer add up to that layer's attention contribution (o_proj has no bias)
+    assert layer_rows[(s.sample_id, L - 1)]["attn"] == pytest.approx(total, abs=1e-5)
+
+
+def test_ablation_effect_is_the_margin_drop_and_tracks_dla_for_last_layer_heads(setup):
+    lm, samples = setup
+    model = lm.model
+    geo = geometry(model)
+    L = geo.num_layers
+    from mf_harness.spec import Head, InterventionSpec
+
+    heads = [Head(L - 1, h) for h in range(geo.num_heads)]
+    rows = ablation_effects(lm, samples, scope="last", batch_size=3, heads=heads, progress=False)
+    clean = final_margins(lm, samples)
+    blocked = final_margins(lm, samples, InterventionSpec(block=[heads[1]], scope="last"))
+    mine = [x["effect"] for x in rows if x["head"] == 1]
+    assert mine == pytest.approx((clean - blocked).tolist(), abs=1e-5)
+    # for last-layer heads at the last position the total effect is the direct effect up to the
+    # final norm's rescaling: DLA and ablation should rank them alike
+    r = lens_and_attribution(lm, samples, k=1, batch_size=3, progress=False)
+    import pandas as pd
+
+    dla = pd.DataFrame(r["heads"]).query("site == 'last' and layer == @L - 1").groupby("head").contribution.mean()
+    ab = pd.DataFrame(rows).groupby("head").effect.mean()
+    assert dla.rank().corr(ab.rank()) > 0.7
+
+
+def test_nssd_hand_values():
+    p = torch.tensor([2.0, 0.0, 1.0, -5.0])
+    q = torch.tensor([0.0, 0.0, 1.0, 9.0])
+    ec, eo = [0], [1, 2]  # token 3 is outside the decision subspace
+    P = torch.softmax(torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64), -1)
+    Q = torch.softmax(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), -1)
+    kl = float((P * (P / Q).log()).sum())
+    assert nssd(p, q, ec, eo) == pytest.approx(-kl)  # E_c lost mass: negative
+    assert nssd(q, p, ec, eo) == pytest.approx(float((Q * (Q / P).log()).sum()))  # gained: positive
+    assert nssd(p, p.clone(), ec, eo) == 0.0
+
+
+def test_knockout_zeroes_exactly_the_cut_edges_and_nothing_else(setup):
+    lm, samples = setup
+    model = lm.model
+    batch = samples[:2]
+    enc, offsets = encode_samples(lm, batch)
+    dest = [torch.tensor([o + p for p in s.token_sets["instruction"]]) for s, o in zip(batch, offsets)]
+    src = [torch.tensor([o + p for p in s.token_sets["context"] + s.token_sets["image"]]) for s, o in zip(batch, offsets)]
+    attns = resolve(model)[2]
+    seen = {}
+    hooks = [a.register_forward_hook(lambda m, a_, o, i=i: seen.__setitem__(i, o[1])) for i, a in enumerate(attns)]
+    try:
+        with torch.no_grad(), cut_edges(model, [1, 2], dest, src) as st:
+            model(**enc)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert st["cut"] > 0
+    for l, w in seen.items():  # w: [B, heads, Q, K] attention probabilities (eager)
+        assert torch.allclose(w.sum(-1)[enc["attention_mask"].bool()[:, None, :].expand(-1, w.shape[1], -1)],
+                              torch.ones(()), atol=1e-5)
+        for b in range(2):
+            block = w[b][:, dest[b]][:, :, src[b]]
+            if l in (1, 2):
+                assert torch.equal(block, torch.zeros_like(block))
+            else:
+                assert block.abs().sum() > 0
+    # sdpa (boolean or rebuilt causal mask) gives the same logits as eager
+    lm_sdpa = IntervenedQwen(pretrained=lm.pretrained, min_pixels=56 * 56, attn_implementation="sdpa")
+    with torch.no_grad():
+        with cut_edges(model, [1, 2], dest, src):
+            le = model(**enc).logits
+        with cut_edges(lm_sdpa.model, [1, 2], dest, src):
+            ls = lm_sdpa.model(**enc).logits
+        one = {k: v[1:] for k, v in enc.items() if k not in ("pixel_values", "image_grid_thw")}
+        n0 = int(enc["image_grid_thw"][0].prod())
+        one.update(pixel_values=enc["pixel_values"][n0:], image_grid_thw=enc["image_grid_thw"][1:])
+        with cut_edges(lm_sdpa.model, [1, 2], dest[1:], src[1:]):  # unpadded row: sdpa gets no mask at all
+            l1 = lm_sdpa.model(**one).logits
+    valid = enc["attention_mask"].bool()
+    assert torch.allclose(le[valid], ls[valid], atol=1e-4)
+    assert torch.allclose(l1[0], le[1], atol=1e-4)
+
+
+def test_knockout_of_nothing_gives_zero_nssd(setup):
+    lm, samples = setup
+    for s in samples:
+        s.token_sets["empty"] = []
+    rows = knockout_nssd(lm, samples[:3], "empty", "last", window=3, progress=False)
+    assert rows and all(r["nssd"] == 0.0 for r in rows)
+    assert all(r["compliant_before"] == r["compliant_after"] for r in rows)
+    rows = knockout_nssd(lm, samples[:3], "prompt_text", "last", window=3, progress=False)
+    assert any(r["nssd"] != 0.0 for r in rows)
+
+
+def test_discover_writes_specs_that_the_model_accepts(tiny_qwen25_dir, tmp_path):
+    from mf_harness.analysis.report import discover
+    from mf_harness.spec import InterventionSpec
+
+    margs = f"pretrained={tiny_qwen25_dir},min_pixels=3136"
+    r = discover(margs, tmp_path, limit=4, k_list=(2, 4, 99), method="both", progress=False)
+    names = sorted(p.name for p in r["specs"])
+    assert names == ["heads_shared_top16.json", "heads_text_top16.json", "heads_text_top2.json",
+                     "heads_text_top4.json", "heads_vision_top16.json", "heads_vision_top2.json",
+                     "heads_vision_top4.json"]
+    spec = InterventionSpec.load(tmp_path / "heads_text_top4.json")
+    prov = spec.provenance
+    assert prov["model"] == str(tiny_qwen25_dir) and prov["n_samples"] == 8 and prov["method"] == "both"
+    ranked = r["heads"][r["heads"].follow == "text"].sort_values("rank")
+    assert set(spec.block) == {(int(a), int(b)) for a, b in zip(ranked["layer"][:4], ranked["head"][:4])} or \
+        {str(h) for h in spec.block} == {f"L{a}H{b}" for a, b in zip(ranked["layer"][:4], ranked["head"][:4])}
+    assert -1.0 <= r["correlation"][0]["spearman_dla_vs_ablation"] <= 1.0
+    for f in ("heads.csv", "layers.csv", "rank_correlation.csv", "heads_text.png", "layers.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    # the model accepts the file unchanged
+    IntervenedQwen(pretrained=str(tiny_qwen25_dir), intervention=str(tmp_path / "heads_text_top4.json"))
+    json.loads((tmp_path / "heads_shared_top16.json").read_text())
