@@ -7,6 +7,9 @@
     mf-harness discover --output-dir out/discover   # attribution -> head-set spec files
     mf-harness lens --output-dir out/lens           # LDAR by layer
     mf-harness knockout --output-dir out/ko         # attention knockout, NSSD by layer
+    mf-harness sweep --rankings out/discover --output-dir out/sweep   # head sets x k x controls
+    mf-harness leaderboard out/sweep/records.jsonl --out leaderboards/mymodel
+    mf-harness compare --baseline leaderboards/embedded_ci.jsonl      # regression check
 
 Input errors print one line (``mf-harness: error: ...``) and exit 2.
 """
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from mf_harness.errors import MfHarnessError
 
 __all__ = ["main"]
 
@@ -137,6 +142,92 @@ def _cmd_knockout(args) -> int:
     return 0
 
 
+def _floats(v: str) -> list[float]:
+    return [float(x) for x in v.split(",") if x.strip()]
+
+
+def _ints(v: str) -> list[int]:
+    return [int(x) for x in v.split(",") if x.strip()]
+
+
+def _cmd_sweep(args) -> int:
+    import json
+
+    from mf_harness.sweep import SweepConfig, run_sweep
+
+    if args.config:
+        cfg = SweepConfig.from_dict(json.loads(Path(args.config).read_text()))
+    else:
+        cfg = SweepConfig(model_args=args.model_args, rankings=str(args.rankings), ks=_ints(args.k),
+                          seeds=args.seeds, block=not args.no_block, coefficients=_floats(args.coefficients),
+                          scopes=args.scopes.split(","), follows=args.follows.split(","),
+                          controls=[c for c in args.controls.split(",") if c],
+                          capability_tasks=[t for t in args.capability_tasks.split(",") if t], limit=args.limit,
+                          batch_size=args.batch_size, name=args.name)
+    r = run_sweep(cfg, args.output_dir, progress=not args.no_progress)
+    from mf_harness.leaderboard import render_markdown, specificity_tables, write_leaderboard
+
+    written = write_leaderboard(r["records"], Path(args.output_dir) / cfg.name)
+    print(render_markdown(specificity_tables(r["records"])))
+    print(f"cells: {r['cells']} ({r['cells_run']} run, {r['cells_skipped']} resumed from disk); "
+          f"model forwards: {r['forwards']}; wall time: {r['wall_s']:.1f}s")
+    print(f"records: {r['out'] / 'records.jsonl'}")
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
+def _cmd_leaderboard(args) -> int:
+    from mf_harness.leaderboard import cross_model_table, render_markdown, write_leaderboard
+    from mf_harness.records import read_records
+
+    sets = [read_records(p)[1] for p in args.records]
+    if len(sets) == 1:
+        written = write_leaderboard(sets[0], args.out)
+        print(Path(written[0]).read_text())
+    else:
+        table = cross_model_table(sets)
+        md = render_markdown([table])
+        out = Path(args.out).with_suffix(".md")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(md)
+        print(md)
+        written = [out]
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    import tempfile
+
+    from mf_harness.leaderboard import compare_records
+    from mf_harness.records import read_records
+    from mf_harness.sweep import SweepConfig, run_sweep
+
+    header, baseline = read_records(args.baseline)
+    if header is None:
+        raise MfHarnessError(f"{args.baseline} has no sweep header: it cannot be re-scored")
+    cfg = SweepConfig.from_dict(header["config"])
+    out = args.output_dir or Path(tempfile.mkdtemp(prefix="mf-compare-"))
+    new = run_sweep(cfg, out, progress=not args.no_progress)["records"]
+    failures, missing = compare_records(baseline, new, args.tolerance, args.mode)
+    if not failures and not missing:
+        print(f"ok: {len(baseline)} records within tolerance ({args.mode} {args.tolerance:g}) of {args.baseline}")
+        return 0
+    print(f"REGRESSION against {args.baseline} ({args.mode} tolerance {args.tolerance:g}):")
+    print(f"{'head set':<10} {'follow':<7} {'k':>3} {'seed':>4} {'action':<8} {'scope':<12} {'task':<14} "
+          f"{'metric':<10} {'subset':<9} {'old':>8} {'new':>8} {'delta':>8}  allowed")
+    for f in failures:
+        _, hs, follow, k, seed, action, coef, scope, _, task, metric, subset = f["key"]
+        fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+        print(f"{hs:<10} {str(follow):<7} {str(k):>3} {str(seed):>4} {action:<8} {str(scope):<12} {task:<14} "
+              f"{metric:<10} {subset:<9} {fmt(f['old']):>8} {fmt(f['new']):>8} {fmt(f['delta']):>8}  {f['allowed']}")
+    for m in missing:
+        print(f"missing in the new run: {m}")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mf-harness", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +264,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated source->destination token sets")
     s.add_argument("--window", type=int, default=9, help="layers per knockout window, centred on each layer")
     s.set_defaults(func=_cmd_knockout)
+    s = sub.add_parser("sweep", help="head sets x k x coefficient x scope with controls, resumable")
+    s.add_argument("--config", help="sweep config JSON (the keys of SweepConfig); overrides the flags")
+    s.add_argument("--model-args", default="pretrained=embedded")
+    s.add_argument("--rankings", default="", help="heads.csv (or its folder) from `mf-harness discover`")
+    s.add_argument("--k", default="10,20,30,40")
+    s.add_argument("--seeds", type=int, default=5, help="random control sets per k")
+    s.add_argument("--no-block", action="store_true", help="skip blocking cells")
+    s.add_argument("--coefficients", default="", help="amplification coefficients, e.g. 8,10,12")
+    s.add_argument("--scopes", default="instruction")
+    s.add_argument("--follows", default="text,vision")
+    s.add_argument("--controls", default="random,shared,layers")
+    s.add_argument("--capability-tasks", default="", help="e.g. mf_capability task names, comma-separated")
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--name", default="sweep")
+    s.add_argument("--output-dir", required=True, type=Path)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_sweep)
+    s = sub.add_parser("leaderboard", help="Markdown/CSV tables and plots from records files")
+    s.add_argument("records", nargs="+", type=Path, help="records.jsonl files (several: cross-model table)")
+    s.add_argument("--out", required=True, type=Path, help="output prefix, e.g. leaderboards/embedded")
+    s.set_defaults(func=_cmd_leaderboard)
+    s = sub.add_parser("compare", help="re-score a committed records file and fail on regressions")
+    s.add_argument("--baseline", required=True, type=Path)
+    s.add_argument("--tolerance", type=float, default=0.02, help="absolute, in metric units (0.02 = 2 points)")
+    s.add_argument("--mode", choices=["abs", "ci"], default="abs")
+    s.add_argument("--output-dir", type=Path, default=None, help="where to re-run (default: a temp dir)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_compare)
     s = sub.add_parser("demo", help="MFR on the embedded model, with and without a head intervention")
     s.add_argument("--limit", type=int, default=None, help="docs per task")
     s.set_defaults(func=_cmd_demo)
@@ -180,10 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mf_harness.errors import MfHarnessError
-
     args = build_parser().parse_args(argv)
-    if args.command in ("discover", "lens", "knockout"):
+    if args.command in ("discover", "lens", "knockout", "sweep", "compare"):
         from loguru import logger
 
         logger.remove()

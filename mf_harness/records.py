@@ -1,0 +1,159 @@
+"""Versioned result records: the one format behind leaderboards, tables, plots and regression checks.
+
+A records file is JSON lines: a header line ``{"type": "sweep", ...}`` (the sweep config,
+its creation date, versions, git hash), then one record per (cell, task, metric, subset):
+
+    schema_version, sweep, created, model, revision, model_type,
+    head_set (original|targeted|random|shared|layers|targeted-random), follow, k, seed,
+    intervention (none|block|amplify), coefficient, scope, spec_name, spec_hash, heads,
+    task, metric, subset (full|followed|failed), value, stderr, ci_low, ci_high, n,
+    seed_sd (random controls pooled over seeds), versions, git
+
+MFR metrics are summarised from per-sample outcomes (mean, standard error, bootstrap 95% CI).
+``followed`` / ``failed`` are the samples the original model follows / fails (the paper's
+protocol subsets). Capability metrics keep lmms-eval's aggregate and stderr (corpus metrics
+such as CIDEr are not means of per-sample values); their CI is bootstrapped only for metrics
+that are per-sample means. ``random`` records with ``seed = null`` pool the seeds (each
+sample's outcome averaged over seeds); ``targeted-random`` records hold the paired
+difference targeted - random on the same samples. Tables and plots are pure functions of
+records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from mf_harness.stats import paired_difference, seed_spread, summarize
+
+__all__ = ["RECORD_SCHEMA", "build_records", "write_records", "read_records", "record_key"]
+
+RECORD_SCHEMA = 1
+MFR_METRICS = ("mfr", "competing", "neither")
+KEY_FIELDS = ("head_set", "follow", "k", "seed", "intervention", "coefficient", "scope", "spec_hash", "task",
+              "metric", "subset")
+
+
+def record_key(r: dict) -> tuple:
+    return (r.get("model"),) + tuple(r.get(k) for k in KEY_FIELDS)
+
+
+def _clean(x):
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return None
+    return x
+
+
+def _subsets(baseline: dict, task: str) -> dict[str, list[str]]:
+    samples = baseline["tasks"][task]["samples"]
+    ids = sorted(samples, key=lambda x: int(x) if x.isdigit() else x)
+    return {"full": ids, "followed": [i for i in ids if samples[i].get("mfr") == 1],
+            "failed": [i for i in ids if samples[i].get("mfr") == 0]}
+
+
+def build_records(results: list[dict], manifest: dict, lm=None) -> list[dict]:
+    cfg = manifest["config"]
+    from lmms_eval.utils import simple_parse_args_string
+
+    margs = simple_parse_args_string(cfg["model_args"])
+    base = {
+        "schema_version": RECORD_SCHEMA,
+        "sweep": cfg.get("name"),
+        "created": manifest.get("created"),
+        "model": str(margs.get("pretrained", "embedded")),
+        "revision": margs.get("revision"),
+        "model_type": getattr(getattr(lm, "model", None), "config", None) and lm.model.config.model_type,
+        "versions": manifest.get("versions"),
+        "git": manifest.get("git"),
+    }
+    baseline = next((r for r in results if r["meta"]["head_set"] == "original"), None)
+    if baseline is None:
+        raise ValueError("a sweep's results need the original (no intervention) cell")
+    records: list[dict] = []
+
+    def emit(meta, task, metric, subset, summary, **extra):
+        d = dict(base, **{k: meta.get(k) for k in ("head_set", "follow", "k", "seed", "intervention", "coefficient",
+                                                    "scope", "spec_name", "spec_hash", "heads")})
+        d.update(task=task, metric=metric, subset=subset, **{k: _clean(v) for k, v in summary.items()}, **extra)
+        records.append(d)
+
+    per_sample: dict = {}
+    for r in results:
+        meta = r["meta"]
+        for task, t in r["tasks"].items():
+            if task.startswith("mfr"):
+                subsets = _subsets(baseline, task)
+                for metric in MFR_METRICS:
+                    for subset, ids in subsets.items():
+                        vals = [float(t["samples"][i][metric]) for i in ids if i in t["samples"]]
+                        emit(meta, task, metric, subset, summarize(vals).as_dict())
+                per_sample[(meta["spec_hash"], task)] = {i: float(v["mfr"]) for i, v in t["samples"].items()}
+            else:
+                for metric, value in sorted(t["metrics"].items()):
+                    vals = [float(v[metric]) for v in t["samples"].values() if v.get(metric) is not None]
+                    s = summarize(vals).as_dict() if vals else {"ci_low": None, "ci_high": None}
+                    is_mean = vals and value is not None and abs(s.get("value", math.nan) - float(value)) < 1e-9
+                    emit(meta, task, metric, "full",
+                         {"value": value, "stderr": t["stderr"].get(metric),
+                          "ci_low": s["ci_low"] if is_mean else None, "ci_high": s["ci_high"] if is_mean else None,
+                          "n": t["n"]})
+    # random controls pooled over seeds, and targeted - random paired differences
+    groups = defaultdict(list)
+    for r in results:
+        m = r["meta"]
+        if m["head_set"] == "random":
+            groups[(m["follow"], m["k"], m["intervention"], m["coefficient"], m["scope"])].append(r)
+    for r in results:
+        m = r["meta"]
+        if m["head_set"] != "targeted":
+            continue
+        key = (m["follow"], m["k"], m["intervention"], m["coefficient"], m["scope"])
+        rand = groups.get(key, [])
+        if not rand:
+            continue
+        task = f"mfr_{m['follow']}"
+        subsets = _subsets(baseline, task)
+        tgt = per_sample[(m["spec_hash"], task)]
+        seeds = [per_sample[(x["meta"]["spec_hash"], task)] for x in rand]
+        pooled_meta = dict(rand[0]["meta"], seed=None, spec_name=f"{m['follow']}-random-k{m['k']}-pooled",
+                           spec_hash=None, heads=None)
+        diff_meta = dict(m, head_set="targeted-random", spec_name=f"{m['spec_name']} - random")
+        for subset, ids in subsets.items():
+            pooled = [sum(s[i] for s in seeds) / len(seeds) for i in ids]
+            seed_means = [sum(s[i] for i in ids) / len(ids) if ids else math.nan for s in seeds]
+            emit(pooled_meta, task, "mfr", subset, summarize(pooled).as_dict(), n_seeds=len(seeds),
+                 seed_sd=_clean(seed_spread(seed_means)))
+            emit(diff_meta, task, "mfr", subset, paired_difference([tgt[i] for i in ids], pooled).as_dict(),
+                 n_seeds=len(seeds))
+    return records
+
+
+def write_records(records: Iterable[dict], path: str | Path, header: dict | None = None) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    if header is not None:
+        lines.append(json.dumps({"type": "sweep", **header}, sort_keys=True))
+    lines += [json.dumps(r, sort_keys=True) for r in records]
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(p)
+    return p
+
+
+def read_records(path: str | Path) -> tuple[dict | None, list[dict]]:
+    header, records = None, []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        if d.get("type") == "sweep":
+            header = d
+        else:
+            if d.get("schema_version") != RECORD_SCHEMA:
+                raise ValueError(f"{path}: record schema_version {d.get('schema_version')} != {RECORD_SCHEMA}")
+            records.append(d)
+    return header, records
