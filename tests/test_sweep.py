@@ -1,0 +1,221 @@
+"""Sweeps, controls, statistics, records, tables and the regression check."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mf_harness.leaderboard import compare_records, cross_model_table, render_markdown, specificity_tables
+from mf_harness.records import build_records, read_records, write_records
+from mf_harness.spec import Head
+from mf_harness.stats import paired_difference, summarize
+from mf_harness.sweep import Cell, SweepConfig, plan_cells, random_matched
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_summary_statistics_by_hand():
+    s = summarize([1, 0, 1, 1])
+    assert s.value == 0.75 and s.n == 4
+    assert s.stderr == pytest.approx(math.sqrt(0.25 / 4))  # sample var 0.25 (ddof=1), / n
+    assert 0.0 <= s.ci_low <= 0.75 <= s.ci_high <= 1.0
+    assert summarize([1, 1, 1]).ci_low == 1.0 == summarize([1, 1, 1]).ci_high
+    d = paired_difference([1, 1, 0, 1], [0, 1, 0, 0])
+    assert d.value == 0.5 and d.n == 4
+    # pairing: identical offsets have zero spread
+    p = paired_difference([0.2, 0.5, 0.9], [0.1, 0.4, 0.8])
+    assert p.value == pytest.approx(0.1) and p.stderr == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError):
+        paired_difference([1, 2], [1])
+
+
+def test_bootstrap_ci_covers_the_true_mean():
+    rng = np.random.default_rng(3)
+    hits = 0
+    for i in range(60):
+        x = rng.binomial(1, 0.3, size=200)
+        s = summarize(x, n_boot=500, seed=i)
+        hits += s.ci_low <= 0.3 <= s.ci_high
+    assert hits >= 50  # ~95% nominal coverage
+
+
+def test_random_controls_match_layers_avoid_targets_and_are_reproducible():
+    targeted = [Head(3, 1), Head(3, 2), Head(5, 0)]
+    a = random_matched(targeted, num_heads=8, seed=0)
+    assert a == random_matched(targeted, num_heads=8, seed=0)
+    assert a != random_matched(targeted, num_heads=8, seed=1)
+    assert sorted(h.layer for h in a) == [3, 3, 5]
+    assert not set(a) & set(targeted)
+    # a layer whose heads are all targeted falls back to the whole layer
+    full = [Head(0, h) for h in range(4)]
+    assert sorted(random_matched(full, num_heads=4, seed=2)) == full
+
+
+def test_plan_cells_grid():
+    rank = {"text": [Head(3, 1), Head(2, 0), Head(3, 3), Head(1, 1)], "vision": [Head(3, 1), Head(0, 0), Head(1, 2)]}
+    cfg = SweepConfig(ks=[1, 2, 99], seeds=5, coefficients=[8.0], scopes=["instruction", "last"])
+    cells = plan_cells(cfg, rank, num_layers=4, num_heads=4)
+    assert cells[0].head_set == "original" and cells[0].tasks == ("mfr_text", "mfr_vision")
+    tgt = [c for c in cells if c.head_set == "targeted"]
+    # 2 scopes x 2 actions x 2 follows x 3 ks (99 capped at 16)
+    assert len(tgt) == 24 and {c.k for c in tgt} == {1, 2, 16}
+    assert len([c for c in cells if c.head_set == "random"]) == 24 * 5
+    shared = [c for c in cells if c.head_set == "shared"]
+    assert shared and all(c.heads == (Head(0, 0), Head(1, 1), Head(1, 2), Head(2, 0), Head(3, 1), Head(3, 3))
+                          or set(c.heads) == set(rank["text"]) & set(rank["vision"]) for c in shared)
+    t1 = next(c for c in tgt if c.follow == "text" and c.k == 1 and c.intervention == "block")
+    assert t1.heads == (Head(3, 1),) and t1.tasks == ("mfr_text",)
+    assert t1.model_args() == f"block=L3H1,scope=instruction,spec_name={t1.label}"
+    amp = next(c for c in tgt if c.intervention == "amplify")
+    assert amp.spec.coefficient == 8.0 and "coefficient=8" in amp.model_args()
+    assert len({c.cell_id for c in cells}) == len(cells)
+
+
+def _result(meta, per_doc, task="mfr_text"):
+    samples = {str(i): {"mfr": v, "competing": 1 - v, "neither": 0} for i, v in enumerate(per_doc)}
+    return {"cell_id": meta["spec_name"], "meta": meta,
+            "tasks": {task: {"metrics": {"mfr": float(np.mean(per_doc))}, "stderr": {}, "samples": samples,
+                             "n": len(per_doc)}}}
+
+
+def _meta(head_set, k=None, seed=None, hash_=None, intervention="block"):
+    return {"head_set": head_set, "follow": None if head_set == "original" else "text", "k": k, "seed": seed,
+            "intervention": "none" if head_set == "original" else intervention, "coefficient": None,
+            "scope": None if head_set == "original" else "instruction", "spec_name": f"{head_set}{k}{seed}",
+            "spec_hash": hash_ or f"h-{head_set}-{k}-{seed}", "heads": []}
+
+
+def _records():
+    orig = [1, 1, 1, 1, 0, 0]  # followed: docs 0-3, failed: 4-5
+    results = [
+        _result(_meta("original"), orig),
+        _result(_meta("targeted", 2), [0, 0, 1, 0, 0, 0]),
+        _result(_meta("random", 2, 0), [1, 1, 1, 0, 0, 0]),
+        _result(_meta("random", 2, 1), [1, 1, 1, 1, 0, 1]),
+    ]
+    manifest = {"config": SweepConfig(model_args="pretrained=m1").to_dict(), "created": "2026-01-01T00:00:00+00:00",
+                "versions": {}, "git": None}
+    return build_records(results, manifest)
+
+
+def test_records_protocol_subsets_pooled_random_and_paired_difference():
+    recs = _records()
+    get = lambda **kw: [r for r in recs if all(r[k] == v for k, v in kw.items())]  # noqa: E731
+    (o,) = get(head_set="original", metric="mfr", subset="followed")
+    assert o["value"] == 1.0 and o["n"] == 4
+    (t,) = get(head_set="targeted", metric="mfr", subset="followed")
+    assert t["value"] == 0.25 and t["n"] == 4  # docs 0-3: [0, 0, 1, 0]
+    (tf,) = get(head_set="targeted", metric="mfr", subset="full")
+    assert tf["value"] == pytest.approx(1 / 6) and tf["n"] == 6
+    (pooled,) = get(head_set="random", seed=None, metric="mfr", subset="followed")
+    # per doc over seeds: [1, 1, 1, 0.5] -> 0.875; seed means 0.75 and 1.0 -> sd 0.1768
+    assert pooled["value"] == pytest.approx(0.875) and pooled["n_seeds"] == 2
+    assert pooled["seed_sd"] == pytest.approx(np.std([0.75, 1.0], ddof=1))
+    (diff,) = get(head_set="targeted-random", subset="followed")
+    # [0-1, 0-1, 1-1, 0-0.5] -> mean -0.625
+    assert diff["value"] == pytest.approx(-0.625) and diff["n"] == 4
+    assert diff["ci_high"] <= 0.0
+    (fail,) = get(head_set="targeted", metric="mfr", subset="failed")
+    assert fail["value"] == 0.0 and fail["n"] == 2
+
+
+def test_tables_and_round_trip(tmp_path):
+    recs = _records()
+    p = write_records(recs, tmp_path / "r.jsonl", header={"config": {"name": "x"}})
+    header, back = read_records(p)
+    assert header["type"] == "sweep" and back == json.loads(json.dumps(recs))
+    (tab,) = specificity_tables(back)
+    md = render_markdown([tab])
+    assert "| original |  | 100.0 (n=4) | 66.7 |" in md
+    assert "| targeted | 2 | 25.0 [" in md and "-62.5 [" in md
+    cm = cross_model_table([back, [dict(r, model="m2") for r in back]])
+    assert [c for c in cm["columns"] if "mfr_text" in c] == ["m1 mfr_text", "m2 mfr_text"]
+
+
+def test_compare_flags_moves_beyond_tolerance():
+    recs = _records()
+    assert compare_records(recs, recs, 0.0) == ([], [])
+    edited = [dict(r) for r in recs]
+    target = next(r for r in edited if r["head_set"] == "targeted" and r["subset"] == "followed" and r["metric"] == "mfr")
+    target["value"] += 0.05
+    fails, missing = compare_records(edited, recs, 0.02)
+    assert len(fails) == 1 and fails[0]["delta"] == pytest.approx(-0.05) and not missing
+    assert compare_records(edited, recs, 0.06) == ([], [])
+    # CI mode: the new value 0.25 lies inside the baseline's wide bootstrap CI (n=4), so it passes ...
+    assert target["ci_low"] <= 0.25 <= target["ci_high"]
+    assert compare_records(edited, recs, 0.0, mode="ci") == ([], [])
+    # ... unless the baseline's CI is moved away from it
+    target["ci_low"], target["ci_high"] = 0.5, 0.6
+    fails, _ = compare_records(edited, recs, 0.0, mode="ci")
+    assert len(fails) == 1 and fails[0]["allowed"] == "[0.5000, 0.6000]"
+    fails, missing = compare_records(recs, recs[:-1], 0.02)
+    assert len(missing) == 1
+
+
+def _sweep_cmd(out, rankings):
+    return [str(BIN / "mf-harness"), "sweep", "--rankings", str(rankings), "--follows", "text", "--k", "1,2",
+            "--seeds", "2", "--controls", "random", "--limit", "6", "--batch-size", "6", "--output-dir", str(out),
+            "--no-progress", "--name", "t"]
+
+
+@pytest.fixture(scope="module")
+def rankings(tmp_path_factory):
+    p = tmp_path_factory.mktemp("rank") / "heads.csv"
+    p.write_text("follow,layer,head,rank\ntext,3,1,1\ntext,2,0,2\ntext,1,3,3\nvision,0,0,1\n")
+    return p
+
+
+def test_sweep_resumes_after_kill_with_identical_records(tmp_path, rankings):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    fresh = subprocess.run(_sweep_cmd(tmp_path / "fresh", rankings), capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "model forwards:" in fresh.stdout
+    # interrupted run: kill once two cells are on disk
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_sweep_cmd(out, rankings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / "cells").glob("*.json"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name for p in (out / "cells").glob("*.json")}
+    assert 2 <= len(done_before) < 7
+    resumed = subprocess.run(_sweep_cmd(out, rankings), capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"({7 - len(done_before)} run, {len(done_before)} resumed from disk)" in resumed.stdout
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("created", "git")} for r in rs]  # noqa: E731
+    assert strip(read_records(out / "records.jsonl")[1]) == strip(read_records(tmp_path / "fresh" / "records.jsonl")[1])
+    # one lmms-eval results directory per cell
+    assert len(list((out / "runs").glob("*/*/*_results.json"))) == 7
+
+
+def test_compare_cli_passes_then_fails_on_an_edited_baseline(tmp_path, rankings):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    r = subprocess.run(_sweep_cmd(tmp_path / "base", rankings), capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    base = tmp_path / "base" / "records.jsonl"
+    ok = subprocess.run([str(BIN / "mf-harness"), "compare", "--baseline", str(base), "--no-progress"],
+                        capture_output=True, text=True, env=env, timeout=600)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stdout + ok.stderr[-2000:]
+    lines = base.read_text().splitlines()
+    for i, line in enumerate(lines):
+        d = json.loads(line)
+        if d.get("head_set") == "targeted" and d.get("metric") == "neither" and d.get("subset") == "full":
+            d["value"] = d["value"] + 0.5 if d["value"] < 0.5 else d["value"] - 0.5
+            lines[i] = json.dumps(d)
+            break
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("\n".join(lines) + "\n")
+    bad = subprocess.run([str(BIN / "mf-harness"), "compare", "--baseline", str(edited), "--no-progress"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 1
+    assert "REGRESSION" in bad.stdout and "neither" in bad.stdout
