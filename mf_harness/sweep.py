@@ -16,12 +16,21 @@ Protocol (the paper's): blocking is scored on the samples the original model fol
 MFR 0); both are also scored on the full set (``full``). Every cell runs on the full set
 once, and the subsets are views of the same per-sample outcomes.
 
-Each cell is one lmms-eval run saved in lmms-eval's own layout under
-``<out>/runs/<cell>/`` (``--log_samples`` files included), plus ``<out>/cells/<cell>.json``
-with its per-sample outcomes, written atomically when the cell completes. A rerun of the
-same command skips completed cells: an interrupted sweep picks up where it stopped, and
-its final records are identical to an uninterrupted run's (dates come from the sweep
-manifest, bootstrap seeds are fixed).
+Engines. ``lmms``: each cell is one lmms-eval run (``simple_evaluate``). ``fast`` (default):
+the MFR tasks of all pending cells are evaluated together, one sample at a time, with every
+cell's spec as a row of one batched, prefix-shared generate (`mf_harness.multispec`): the
+vision tower and the shared prompt prefix run once per sample instead of once per cell, and
+the answers are scored by the lmms-eval task's own ``process_results`` and aggregations.
+Capability tasks always go through ``simple_evaluate``. Both engines give identical records.
+
+Outputs. Every cell gets a results directory in lmms-eval's layout under
+``<out>/runs/<cell>/`` (results JSON and per-task samples JSONL), plus
+``<out>/cells/<cell>.json`` with its per-sample outcomes, written atomically when the cell
+completes. A rerun of the same command skips completed cells, and the fast engine also keeps
+a per-sample answer log (``<out>/fast/<task>.jsonl``) so a sweep killed mid-task resumes at the
+next sample: nothing completed is recomputed, nothing is lost, and the final records are
+identical to an uninterrupted run's (dates come from the sweep manifest, bootstrap seeds are
+fixed).
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ class SweepConfig:
     limit: int | None = None
     batch_size: int = 8
     name: str = "sweep"
+    engine: str = "fast"  # fast: all specs of a sample in one prefix-shared batch; lmms: one lmms-eval run per cell
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,13 +231,13 @@ def _versions() -> dict:
     return out
 
 
-def _run_cell(lm, cell: Cell, cfg: SweepConfig, out: Path, task_manager) -> dict:
+def _run_cell(lm, cell: Cell, cfg: SweepConfig, out: Path, task_manager, run_id: str | None = None) -> dict:
     from lmms_eval import evaluator
     from lmms_eval.loggers import EvaluationTracker
 
     lm.spec = cell.spec
     lm.spec.validate_for(lm.geometry.num_layers, lm.geometry.num_heads)
-    tracker = EvaluationTracker(output_path=str(out / "runs" / cell.cell_id))
+    tracker = EvaluationTracker(output_path=str(out / "runs" / (run_id or cell.cell_id)))
     margs = ",".join(a for a in (cfg.model_args, cell.model_args()) if a)
     from lmms_eval.utils import get_datetime_str
 
@@ -251,6 +261,96 @@ def _run_cell(lm, cell: Cell, cfg: SweepConfig, out: Path, task_manager) -> dict
         tasks[t] = {"metrics": metrics, "stderr": stderrs, "samples": per_sample,
                     "n": res["n-samples"][t]["effective"]}
     return {"cell_id": cell.cell_id, "meta": cell.meta(), "tasks": tasks}
+
+
+def _write_lmms_layout(out: Path, cell: Cell, task: str, task_obj, margs: str, docs, answers: dict, per_sample: dict,
+                       metrics: dict, stderr: dict, stamp: str) -> None:
+    """Results + samples files in lmms-eval's layout for one cell and one task."""
+    d = out / "runs" / cell.cell_id / "intervened_qwen"
+    d.mkdir(parents=True, exist_ok=True)
+    results = {"results": {task: {"alias": task, **{f"{m},none": v for m, v in metrics.items()},
+                                  **{f"{m}_stderr,none": v for m, v in stderr.items()}}},
+               "configs": {task: task_obj.dump_config()},
+               "n-samples": {task: {"original": len(docs), "effective": len(docs)}},
+               "config": {"model": "intervened_qwen", "model_args": margs, "engine": "mf_harness.multispec"},
+               "date": stamp}
+    _atomic_write(d / f"{stamp}_results_{task}.json", json.dumps(results, indent=2, default=str))
+    lines = []
+    for i, doc in enumerate(docs):
+        row = {"doc_id": i, "target": task_obj.doc_to_target(doc), "resps": [[answers[i]]],
+               "filtered_resps": [answers[i]], "input": task_obj.doc_to_text(doc)}
+        row.update(per_sample[str(i)])
+        lines.append(json.dumps(row, default=str))
+    _atomic_write(d / f"{stamp}_samples_{task}.jsonl", "\n".join(lines) + "\n")
+
+
+def _score(task_obj, docs, answers: dict) -> tuple[dict, dict, dict]:
+    """Per-sample metrics via the task's process_results, aggregated with its own aggregations."""
+    from lmms_eval.api.metrics import mean, mean_stderr
+
+    per_sample, columns = {}, {}
+    for i, doc in enumerate(docs):
+        r = task_obj.process_results(doc, [answers[i]])
+        per_sample[str(i)] = {k: v for k, v in r.items() if v is None or isinstance(v, (int, float, bool))}
+        for k, v in r.items():
+            columns.setdefault(k, []).append(v)
+    aggs = task_obj.aggregation()
+    metrics, stderr = {}, {}
+    for m, values in columns.items():
+        fn = aggs.get(m, mean)
+        metrics[m] = fn(values)
+        if fn is mean:
+            stderr[m] = mean_stderr(values)
+    return per_sample, metrics, stderr
+
+
+def _run_fast(lm, cells: list[Cell], cfg: SweepConfig, out: Path, progress: bool) -> dict[str, dict]:
+    """MFR tasks of all ``cells`` in one pass per sample; returns {cell_id: {task: task result}}."""
+    from lmms_eval.utils import get_datetime_str
+    from tqdm import tqdm
+
+    from mf_harness.analysis.samples import load_task_docs
+    from mf_harness.multispec import MultiSpecRunner
+
+    runner = MultiSpecRunner(lm, max_rows=max(8, cfg.batch_size * 4))
+    (out / "fast").mkdir(exist_ok=True)
+    results: dict[str, dict] = {c.cell_id: {} for c in cells}
+    for task in sorted({t for c in cells for t in c.tasks if t.startswith("mfr")}):
+        tcells = [c for c in cells if task in c.tasks]
+        task_obj, docs = load_task_docs(task, cfg.limit)
+        log = out / "fast" / f"{task}.jsonl"
+        answers: dict[str, dict[int, str]] = {c.cell_id: {} for c in tcells}
+        if log.exists():
+            for line in log.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                for cid, a in rec["answers"].items():
+                    if cid in answers:
+                        answers[cid][rec["doc_id"]] = a
+        gen_kwargs = dict(task_obj.config.generation_kwargs or {})
+        with log.open("a") as f:
+            for i, doc in enumerate(tqdm(docs, desc=f"{task}: {len(tcells)} specs per sample", disable=not progress)):
+                todo = [c for c in tcells if i not in answers[c.cell_id]]
+                if not todo:
+                    continue
+                label = f"{task} doc {i}"
+                images = lm._visuals(task_obj.doc_to_visual, doc, label)
+                outs = runner.generate(task_obj.doc_to_text(doc), images, doc, [c.spec for c in todo], gen_kwargs,
+                                       label)
+                for c, a in zip(todo, outs):
+                    answers[c.cell_id][i] = a
+                f.write(json.dumps({"doc_id": i, "answers": {c.cell_id: a for c, a in zip(todo, outs)}}) + "\n")
+                f.flush()
+        stamp = get_datetime_str()
+        for c in tcells:
+            per_sample, metrics, stderr = _score(task_obj, docs, answers[c.cell_id])
+            margs = ",".join(a for a in (cfg.model_args, c.model_args()) if a)
+            _write_lmms_layout(out, c, task, task_obj, margs, docs, answers[c.cell_id], per_sample, metrics, stderr,
+                               stamp)
+            results[c.cell_id][task] = {"metrics": metrics, "stderr": stderr, "samples": per_sample, "n": len(docs)}
+    return results
 
 
 def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True) -> dict:
@@ -288,14 +388,20 @@ def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True) -> dict:
     tm = TaskManager("ERROR")
     t0 = time.time()
     ran = skipped = 0
+    if cfg.engine not in ("fast", "lmms"):
+        raise MfHarnessError(f"engine must be fast or lmms, got {cfg.engine!r}")
     try:
-        for cell in tqdm(cells, desc=f"sweep {cfg.name}", disable=not progress):
-            path = out / "cells" / f"{cell.cell_id}.json"
-            if path.exists():
-                skipped += 1
-                continue
-            result = _run_cell(lm, cell, cfg, out, tm)
-            _atomic_write(path, json.dumps(result, sort_keys=True))
+        pending = [c for c in cells if not (out / "cells" / f"{c.cell_id}.json").exists()]
+        skipped = len(cells) - len(pending)
+        fast = _run_fast(lm, pending, cfg, out, progress) if cfg.engine == "fast" and pending else {}
+        for cell in tqdm(pending, desc=f"sweep {cfg.name}", disable=not progress or cfg.engine == "fast"):
+            rest = [t for t in cell.tasks if cfg.engine == "lmms" or not t.startswith("mfr")]
+            tasks = dict(fast.get(cell.cell_id, {}))
+            if rest:
+                part = _run_cell(lm, Cell(**{**cell.__dict__, "tasks": tuple(rest)}), cfg, out, tm, cell.cell_id)
+                tasks.update(part["tasks"])
+            result = {"cell_id": cell.cell_id, "meta": cell.meta(), "tasks": {t: tasks[t] for t in cell.tasks}}
+            _atomic_write(out / "cells" / f"{cell.cell_id}.json", json.dumps(result, sort_keys=True))
             ran += 1
     finally:
         handle.remove()

@@ -160,10 +160,14 @@ def test_compare_flags_moves_beyond_tolerance():
     assert len(missing) == 1
 
 
-def _sweep_cmd(out, rankings):
+def _sweep_cmd(out, rankings, engine="fast", limit=6):
     return [str(BIN / "mf-harness"), "sweep", "--rankings", str(rankings), "--follows", "text", "--k", "1,2",
-            "--seeds", "2", "--controls", "random", "--limit", "6", "--batch-size", "6", "--output-dir", str(out),
-            "--no-progress", "--name", "t"]
+            "--seeds", "2", "--controls", "random", "--limit", str(limit), "--batch-size", "6", "--output-dir",
+            str(out), "--no-progress", "--name", "t", "--engine", engine]
+
+
+def _strip(rs):
+    return [{k: v for k, v in r.items() if k not in ("created", "git")} for r in rs]
 
 
 @pytest.fixture(scope="module")
@@ -173,29 +177,52 @@ def rankings(tmp_path_factory):
     return p
 
 
-def test_sweep_resumes_after_kill_with_identical_records(tmp_path, rankings):
+@pytest.mark.parametrize("engine", ["lmms", "fast"])
+def test_sweep_resumes_after_kill_with_identical_records(tmp_path, rankings, engine):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    fresh = subprocess.run(_sweep_cmd(tmp_path / "fresh", rankings), capture_output=True, text=True, env=env,
-                           timeout=600)
+    limit = 6 if engine == "lmms" else 24
+    fresh = subprocess.run(_sweep_cmd(tmp_path / "fresh", rankings, engine, limit), capture_output=True, text=True,
+                           env=env, timeout=600)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "model forwards:" in fresh.stdout
-    # interrupted run: kill once two cells are on disk
+    # interrupted run: kill it mid-way (lmms: two cells on disk; fast: four samples answered)
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_sweep_cmd(out, rankings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(_sweep_cmd(out, rankings, engine, limit), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    log = out / "fast" / "mfr_text.jsonl"
+    progress = (lambda: len(list((out / "cells").glob("*.json")))) if engine == "lmms" else \
+        (lambda: len(log.read_text().splitlines()) if log.exists() else 0)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / "cells").glob("*.json"))) < 2:
-        time.sleep(0.2)
+    while time.time() < deadline and progress() < (2 if engine == "lmms" else 4) and proc.poll() is None:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = {p.name for p in (out / "cells").glob("*.json")}
-    assert 2 <= len(done_before) < 7
-    resumed = subprocess.run(_sweep_cmd(out, rankings), capture_output=True, text=True, env=env, timeout=600)
+    done_before = progress()
+    resumed = subprocess.run(_sweep_cmd(out, rankings, engine, limit), capture_output=True, text=True, env=env,
+                             timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"({7 - len(done_before)} run, {len(done_before)} resumed from disk)" in resumed.stdout
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("created", "git")} for r in rs]  # noqa: E731
-    assert strip(read_records(out / "records.jsonl")[1]) == strip(read_records(tmp_path / "fresh" / "records.jsonl")[1])
+    if engine == "lmms":
+        assert 2 <= done_before < 7
+        assert f"({7 - done_before} run, {done_before} resumed from disk)" in resumed.stdout
+    else:
+        assert 4 <= done_before < limit
+        ids = [json.loads(line)["doc_id"] for line in log.read_text().splitlines() if line.strip()]
+        assert sorted(ids) == list(range(limit))  # every sample answered exactly once across both runs
+    assert _strip(read_records(out / "records.jsonl")[1]) == \
+        _strip(read_records(tmp_path / "fresh" / "records.jsonl")[1])
     # one lmms-eval results directory per cell
-    assert len(list((out / "runs").glob("*/*/*_results.json"))) == 7
+    assert len({p.parent.parent for p in (out / "runs").glob("*/*/*_results*.json")}) == 7
+
+
+def test_fast_engine_gives_the_lmms_engine_records(tmp_path, rankings):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    for engine in ("lmms", "fast"):
+        r = subprocess.run(_sweep_cmd(tmp_path / engine, rankings, engine, 8), capture_output=True, text=True,
+                           env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a = read_records(tmp_path / "lmms" / "records.jsonl")[1]
+    b = read_records(tmp_path / "fast" / "records.jsonl")[1]
+    assert len(a) == len(b) > 0 and _strip(a) == _strip(b)
 
 
 def test_compare_cli_passes_then_fails_on_an_edited_baseline(tmp_path, rankings):
