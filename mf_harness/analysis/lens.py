@@ -35,8 +35,8 @@ import torch
 
 from mf_harness.arch import _get, arch_for, resolve
 
-__all__ = ["Trace", "capture", "Readout", "readout_weights", "lens_logits", "component_logits", "select_topk",
-           "instruction_readout"]
+__all__ = ["Trace", "capture", "Readout", "readout_weights", "lens_logits", "component_logits", "rms_scale",
+           "token_columns"]
 
 
 @dataclass
@@ -158,24 +158,3 @@ def component_logits(ro: Readout, c: torch.Tensor, scale: torch.Tensor) -> torch
 def token_columns(ro: Readout, ids: list[int]) -> torch.Tensor:
     lookup = {int(t): i for i, t in enumerate(ro.tokens.tolist())}
     return torch.tensor([lookup[t] for t in ids], dtype=torch.long)
-
-
-def select_topk(logits: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, k: int):
-    """For one row: s(i, E) = max over E's columns; pick the top-k valid positions.
-
-    Returns (R = mean of the top-k s, chosen position indices [k'], chosen column per position [k']).
-    """
-    sub = logits[:, cols]  # [P, |E|]
-    s, arg = sub.max(-1)  # [P]
-    s = s.masked_fill(~valid, float("-inf"))
-    kk = min(k, int(valid.sum()))
-    top = torch.topk(s, kk).indices
-    return s[top].mean(), top, cols[arg[top]]
-
-
-def instruction_readout(logits_row: torch.Tensor, valid_row: torch.Tensor, ec: torch.Tensor, eo: torch.Tensor,
-                        k: int):
-    """(R(E_c), R(E_o), selections) for one row and one layer."""
-    rc, pc, tc = select_topk(logits_row, ec, valid_row, k)
-    ro_, po, to = select_topk(logits_row, eo, valid_row, k)
-    return rc, ro_, (pc, tc, po, to)

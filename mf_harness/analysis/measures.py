@@ -34,7 +34,6 @@ from tqdm import tqdm
 from mf_harness.analysis.lens import (
     capture,
     component_logits,
-    instruction_readout,
     lens_logits,
     readout_weights,
     rms_scale,
@@ -83,51 +82,53 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
         tokens = sorted({t for s in batch for t in s.compliant_ids + s.competing_ids})
         ro = readout_weights(model, tokens)
         tr = capture(model, enc, pos, with_logits=True)
+        dev = tr.resid[0].device
+        U = ro.W_U.to(dev) * ro.gain.to(dev)  # [T, D]
+        UW = torch.stack([(U @ W_O[l].to(dev)).view(-1, geo.num_heads, geo.head_dim) for l in range(L)])  # [L,T,H,d]
+        layers_idx = torch.arange(L, device=dev)[:, None]
         for b, s in enumerate(batch):
             n_ins = len(s.token_sets["instruction"])
-            P = n_ins + 1
-            valid_ins = torch.zeros(tr.valid.shape[1], dtype=torch.bool)
-            valid_ins[:n_ins] = True
-            last_valid = torch.zeros_like(valid_ins)
-            last_valid[n_ins] = True
-            ec, eo = token_columns(ro, s.compliant_ids), token_columns(ro, s.competing_ids)
+            ec, eo = token_columns(ro, s.compliant_ids).to(dev), token_columns(ro, s.competing_ids).to(dev)
             final = tr.logits[b, n_ins, ro.tokens.to(tr.logits.device)].float()
-            final_comp = bool(final[ec].max() > final[eo].max())
-            sel_rl = {}
-            for l in range(L):
-                h = tr.resid[l][b]
-                full = lens_logits(ro, h)  # [P, T]
-                for site, valid in (("instruction", valid_ins), ("last", last_valid)):
-                    kk = k if site == "instruction" else 1
-                    rc, ro_, sel = instruction_readout(full, valid.to(full.device), ec.to(full.device),
-                                                       eo.to(full.device), kk)
-                    m = float(rc - ro_)
-                    rows_lens.append(dict(sample_id=s.sample_id, follow=s.follow, layer=l, site=site, R_c=float(rc),
-                                          R_o=float(ro_), margin=m, agree=(m > 0) == final_comp,
-                                          success=final_comp))
-                    if l == rl:
-                        sel_rl[site] = sel
-                    if site == "instruction":
-                        pc, tc, po, to = sel
-                        scale = rms_scale(ro, h)
-                        contrib = {}
-                        for name, comp in (("attn", tr.attn[l][b]), ("mlp", tr.mlp[l][b])):
-                            cl = component_logits(ro, comp, scale)
-                            contrib[name] = float(cl[pc, tc].mean() - cl[po, to].mean())
-                        rows_layers.append(dict(sample_id=s.sample_id, follow=s.follow, layer=l, margin=m, **contrib))
-            # per-head DLA at the readout layer, at the instruction (top-k) and at the last position
-            h = tr.resid[rl][b]
-            scale = rms_scale(ro, h)[:, 0]  # [P]
-            U = ro.W_U.to(h.device) * ro.gain.to(h.device)  # [T, D]
-            for l in range(L):
-                UW = (U @ W_O[l].to(h.device)).view(-1, geo.num_heads, geo.head_dim)  # [T, H, d]
-                z = tr.z[l][b].float()  # [P, H, d]
-                hl = torch.einsum("phd,thd->pht", z, UW) * scale[:, None, None]  # [P, H, T]
-                for site, (pc, tc, po, to) in sel_rl.items():
-                    contrib = hl[pc, :, tc].mean(0) - hl[po, :, to].mean(0)  # [H]
+            final_comp = bool(final[ec.to(final.device)].max() > final[eo.to(final.device)].max())
+            resid = torch.stack([t[b] for t in tr.resid])  # [L, P, D]
+            full = lens_logits(ro, resid)  # [L, P, T]: the logit lens of every layer at once
+            scale = rms_scale(ro, resid)  # [L, P, 1]
+            comps = {name: component_logits(ro, torch.stack([t[b] for t in site_list]), scale)
+                     for name, site_list in (("attn", tr.attn), ("mlp", tr.mlp))}
+            z = torch.stack([t[b] for t in tr.z]).float()  # [L, P, H, d]
+            heads = torch.einsum("lphd,lthd->lpht", z, UW) * scale[rl][None, :, :, None]  # [L, P, H, T] at layer rl
+            for site, rows, kk in (("instruction", range(n_ins), k), ("last", range(n_ins, n_ins + 1), 1)):
+                valid = torch.zeros(full.shape[1], dtype=torch.bool, device=dev)
+                valid[list(rows)] = True
+                kk = min(kk, len(rows))
+                sel = {}
+                for side, cols in (("c", ec), ("o", eo)):
+                    sv, arg = full[:, :, cols].max(-1)  # s_l(i, E) and its argmax column: [L, P]
+                    sv = sv.masked_fill(~valid, float("-inf"))
+                    top = torch.topk(sv, kk, dim=-1).indices  # [L, kk] top-k positions per layer
+                    sel[side] = (sv.gather(1, top).mean(-1), top, cols[arg.gather(1, top)])  # R_l, positions, tokens
+                margin = sel["c"][0] - sel["o"][0]  # [L]
+                for l in range(L):
+                    m = float(margin[l])
+                    rows_lens.append(dict(sample_id=s.sample_id, follow=s.follow, layer=l, site=site,
+                                          R_c=float(sel["c"][0][l]), R_o=float(sel["o"][0][l]), margin=m,
+                                          agree=(m > 0) == final_comp, success=final_comp))
+                if site == "instruction":
+                    contrib = {name: (cl[layers_idx, sel["c"][1], sel["c"][2]].mean(-1)
+                                      - cl[layers_idx, sel["o"][1], sel["o"][2]].mean(-1)).tolist()
+                               for name, cl in comps.items()}
+                    for l in range(L):
+                        rows_layers.append(dict(sample_id=s.sample_id, follow=s.follow, layer=l, margin=float(margin[l]),
+                                                attn=contrib["attn"][l], mlp=contrib["mlp"][l]))
+                # per-head DLA to the readout layer's margin, on the positions/tokens that readout selected
+                (_, pc, tc), (_, po, to) = (sel["c"][0], sel["c"][1][rl], sel["c"][2][rl]), \
+                    (sel["o"][0], sel["o"][1][rl], sel["o"][2][rl])
+                hc = (heads[:, pc, :, tc].mean(0) - heads[:, po, :, to].mean(0)).tolist()  # [L, H]
+                for l in range(L):
                     for hh in range(geo.num_heads):
                         rows_heads.append(dict(sample_id=s.sample_id, follow=s.follow, site=site, layer=l, head=hh,
-                                               contribution=float(contrib[hh])))
+                                               contribution=hc[l][hh]))
     return {"lens": rows_lens, "layers": rows_layers, "heads": rows_heads}
 
 
