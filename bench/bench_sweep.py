@@ -1,0 +1,179 @@
+"""Sweep cost near the physical limit, measured side by side in one run.
+
+Medium random Qwen2.5-VL (hidden 512, 8 layers x 8 heads), realistic prompts: 256 image
+tokens (lmms-eval's default min_pixels), ~100 context tokens, ~30 instruction tokens,
+greedy answers of 4 tokens. Figures (`name: value`):
+
+* sweep_50_specs_vs_one_unintervened_pass: 50 specs per sample with the multi-spec runner
+  (per-row specs, shared prefix, one vision pass) / one plain pass over the same samples
+  (goal <= 5x; a naive sweep is ~50x);
+* sweep_50_specs_naive_vs_multispec: the naive loop (one full generate per spec) / the runner;
+  the naive loop is timed on its first 10 specs and scaled by 5 (each spec costs the same full
+  pass), to keep `make bench` short;
+* wrapper_empty_spec_vs_plain_generate_samples_per_s: intervened_qwen's generate_until with an
+  empty spec / plain transformers generate on the same inputs (samples per second; goal >= 1.0);
+* peak_rss_mb_*: peak resident memory above the start of each measurement (CPU; on CUDA the
+  peak allocated GPU memory is printed instead).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+N_SAMPLES = int(os.environ.get("MF_BENCH_SAMPLES", 3))
+N_SPECS = 50
+
+
+class PeakMemory:
+    def __enter__(self):
+        import psutil
+
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.proc = psutil.Process()
+            self.start = self.proc.memory_info().rss
+            self.peak = self.start
+            self.stop = False
+            self.t = threading.Thread(target=self._sample, daemon=True)
+            self.t.start()
+        return self
+
+    def _sample(self):
+        while not self.stop:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *a):
+        if self.cuda:
+            self.mb = (torch.cuda.max_memory_allocated() - self.start) / 2**20
+        else:
+            self.stop = True
+            self.t.join()
+            self.mb = (self.peak - self.start) / 2**20
+
+
+def main() -> None:
+    from loguru import logger
+
+    logger.remove()
+    from PIL import Image
+
+    from lmms_eval.api.instance import Instance
+
+    from mf_harness.hooks import HeadPlan, intervene
+    from mf_harness.models import IntervenedQwen
+    from mf_harness.multispec import MultiSpecRunner
+    from mf_harness.spec import Head, InterventionSpec
+    from mf_harness.tiny import MEDIUM, build_tiny_vlm
+
+    d = tempfile.mkdtemp()
+    build_tiny_vlm(d, MEDIUM)
+    lm = IntervenedQwen(pretrained=d, batch_size=N_SAMPLES)
+    geo = lm.geometry
+    instruction = ("In case there is an inconsistency between the Text Context and the input image content, "
+                   "you must rely on the text context rather than the input image content.")
+    context = ("The living room features a large sectional couch that wraps around one corner, along with two "
+               "additional smaller loveseats positioned near the fireplace, making a total of three couches in the "
+               "space, and a blue rug lies between them while a cat sleeps on the window sill in the afternoon sun.")
+    docs, ctxs = [], []
+    for i in range(N_SAMPLES):
+        docs.append({"instruction": instruction, "image": Image.new("RGB", (84, 84), (40 * i, 90, 200 - 30 * i))})
+        ctxs.append(f"Text context: {context}\n{instruction} How many couches are there?\n"
+                    f"Answer the question with a single word.")
+    rng = random.Random(0)
+    all_heads = [Head(l, h) for l in range(geo.num_layers) for h in range(geo.num_heads)]
+    specs = [InterventionSpec()]
+    while len(specs) < N_SPECS:
+        k = rng.choice([10, 20, 30, 40])
+        heads = rng.sample(all_heads, k)
+        specs.append(InterventionSpec(block=heads) if rng.random() < 0.5 else
+                     InterventionSpec(amplify=heads, coefficient=rng.choice([8, 10, 12])))
+    gen = {"max_new_tokens": 4, "min_new_tokens": 4, "until": []}
+    images = [lm._visuals(lambda d: [d["image"]], doc, "b") for doc in docs]
+    runner = MultiSpecRunner(lm, max_rows=N_SPECS)
+    rendered0, _ = lm.render(ctxs[0], 1)
+    n_tokens = lm._encode([rendered0], [images[0]])["input_ids"].shape[1]
+
+    def one_pass():
+        for c, im, doc in zip(ctxs, images, docs):
+            runner_plain.generate(c, im, doc, [InterventionSpec()], gen)
+
+    runner_plain = MultiSpecRunner(lm, share_prefix=False)
+
+    def multispec():
+        for c, im, doc in zip(ctxs, images, docs):
+            runner.generate(c, im, doc, specs, gen)
+
+    def naive():  # the first 10 specs; x5 below
+        for c, im, doc in zip(ctxs, images, docs):
+            for s in specs[:10]:
+                runner_plain.generate(c, im, doc, [s], gen)
+
+    def timed(f):
+        gc.collect()
+        with PeakMemory() as pm:
+            t0 = time.perf_counter()
+            f()
+            dt = time.perf_counter() - t0
+        return dt, pm.mb
+
+    one_pass()  # warm-up
+    t_one, m_one = timed(one_pass)
+    t_multi, m_multi = timed(multispec)
+    t_one2, _ = timed(one_pass)
+    t_naive, m_naive = timed(naive)
+    t_naive *= N_SPECS / 10
+    t_one = min(t_one, t_one2)
+    print(f"sweep_bench_prompt_tokens: {n_tokens}")
+    print(f"sweep_50_specs_vs_one_unintervened_pass: {t_multi / t_one:.2f}")
+    print(f"sweep_50_specs_naive_vs_one_unintervened_pass: {t_naive / t_one:.2f}")
+    print(f"sweep_50_specs_naive_vs_multispec: {t_naive / t_multi:.2f}")
+    unit = "gpu_mb" if torch.cuda.is_available() else "rss_mb"
+    print(f"peak_{unit}_one_pass: {m_one:.0f}")
+    print(f"peak_{unit}_multispec_50: {m_multi:.0f}")
+    print(f"peak_{unit}_naive_per_spec: {m_naive:.0f}")
+
+    # (c) the wrapper with an empty spec vs plain transformers generate, same inputs, samples/s
+    lm.task_dict = {"t": {"test": docs}}
+    reqs = [Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1},
+                     arguments=(c, {"max_new_tokens": 4, "min_new_tokens": 4, "until": []}, lambda d: [d["image"]],
+                                i, "t", "test")) for i, c in enumerate(ctxs)]
+    model, proc, tok = lm.model, lm.processor, lm.tokenizer
+
+    def plain():
+        rendered = [lm.render(c, 1)[0] for c in ctxs]
+        ims = [lm._visuals(lambda d: [d["image"]], doc, "b") for doc in docs]
+        inp = proc(text=rendered, images=[i[0] for i in ims], padding=True, padding_side="left", return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inp, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        tok.batch_decode(out[:, inp["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def wrapper():
+        lm.generate_until(reqs)
+
+    plain(), wrapper()
+    tp, tw = [], []
+    for _ in range(7):
+        tp.append(timed(plain)[0])
+        tw.append(timed(wrapper)[0])
+    tp.sort(), tw.sort()
+    print(f"wrapper_empty_spec_vs_plain_generate_samples_per_s: {tp[3] / tw[3]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
