@@ -1,14 +1,22 @@
-"""`make demo`: MFR on the embedded checkpoint, with and without a head intervention.
+"""`make demo`: MFR on the embedded checkpoint under targeted vs random head sets.
 
-Runs the real lmms-eval evaluator (the same path as the ``lmms-eval`` CLI) on the
-bundled offline ``mfr`` set, once with no spec and once per spec file in
-``interventions/`` that is marked for the demo, and prints one table. No GPU,
-no hub, no download.
+Runs, with no GPU, hub or download, a small sweep (`mf_harness.sweep`, the fast engine,
+through the lmms-eval ``mfr`` tasks) on the embedded checkpoint: the original model, the
+top-k heads of the committed ranking (``interventions/embedded/heads.csv``, written by
+``mf-harness discover``), k random heads matched layer by layer over 5 seeds, and the shared
+heads, blocked at each scope named in ``interventions/embedded/demo.json``. It prints MFR on
+the samples the original model follows (the paper's protocol) with 95% bootstrap CIs and the
+paired targeted - random difference, then the files to look at next.
+
+Without a committed ranking it falls back to one spec file (``DEMO_SPECS``) and prints MFR
+with and without it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,17 +24,18 @@ from pathlib import Path
 __all__ = ["main", "run_mfr"]
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO / "interventions" / "embedded"
 DEMO_SPECS = ["embedded_block_demo.json"]
 
 
 def run_mfr(model_args: str, tasks=("mfr_text", "mfr_vision"), limit: int | None = None, batch_size: int = 8):
-    """Evaluate ``intervened_qwen`` on ``tasks``; return {task: {metric: value}} and the n per task."""
+    """Evaluate ``intervened_qwen`` on ``tasks``; return {task: {metric: value, n, answers}}."""
     from lmms_eval import evaluator
     from lmms_eval.tasks import TaskManager
 
-    import mf_harness.lmms_plugin  # noqa: F401  (registers tasks even when imported first)
+    import mf_harness.lmms_plugin as plugin
 
-    mf_harness.lmms_plugin.install()
+    plugin.install()
     res = evaluator.simple_evaluate(
         model="intervened_qwen", model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
         task_manager=TaskManager("ERROR"), verbosity="ERROR", log_samples=True,
@@ -40,52 +49,114 @@ def run_mfr(model_args: str, tasks=("mfr_text", "mfr_vision"), limit: int | None
     return out
 
 
-def _spec_path(name: str) -> Path:
-    for base in (REPO / "interventions", Path.cwd() / "interventions"):
-        if (base / name).is_file():
-            return base / name
-    raise FileNotFoundError(f"demo spec {name} not found under interventions/")
+def _pct(v) -> str:
+    return "   -  " if v is None else f"{100 * v:5.1f}"
 
 
-def main(limit: int | None = None) -> int:
+def _ci(r) -> str:
+    if r is None or r.get("ci_low") is None:
+        return ""
+    return f"[{100 * r['ci_low']:5.1f}, {100 * r['ci_high']:5.1f}]"
+
+
+def _sweep_demo(limit: int | None, out: Path) -> int:
+    from mf_harness.embedded import embedded_path
+    from mf_harness.leaderboard import write_leaderboard
+    from mf_harness.sweep import SweepConfig, run_sweep
+
+    settings = json.loads((DEMO_DIR / "demo.json").read_text())
+    cfg = SweepConfig(model_args="pretrained=embedded", rankings=str(DEMO_DIR / "heads.csv"),
+                      ks=settings.get("ks", [4]), seeds=settings.get("seeds", 5),
+                      scopes=settings.get("scopes", ["instruction"]), follows=["text", "vision"],
+                      controls=["random", "shared"], limit=limit, batch_size=8, name="demo")
+    if out.exists():
+        shutil.rmtree(out)
+    print(f"mf-harness demo: modality following on the embedded checkpoint\n  ({embedded_path()})")
+    print(f"  heads ranked by `mf-harness discover` ({DEMO_DIR / 'heads.csv'}); k = {cfg.ks}, "
+          f"{cfg.seeds} random seeds, scopes {cfg.scopes}\n")
+    t0 = time.time()
+    r = run_sweep(cfg, out, progress=True)
+    recs = r["records"]
+
+    def get(**kw):
+        rs = [x for x in recs if all(x.get(k) == v for k, v in kw.items())]
+        return rs[0] if rs else None
+
+    head = (f"{'scope':<12} {'heads':<7} {'k':>3} {'original':>9} {'targeted [95% CI]':>21} "
+            f"{'random x5 [95% CI]':>21} {'targeted-random [95% CI]':>26} {'shared':>7}")
+    print("\nMFR (%) on the samples the original model follows (blocking; n per row in brackets)")
+    print(head)
+    print("-" * len(head))
+    for scope in cfg.scopes:
+        for follow in cfg.follows:
+            task = f"mfr_{follow}"
+            base = dict(task=task, metric="mfr", subset="followed")
+            o = get(head_set="original", **base)
+            for k in sorted({x["k"] for x in recs if x["head_set"] == "targeted"}):
+                sel = dict(follow=follow, scope=scope, k=k, intervention="block", **base)
+                t = get(head_set="targeted", **sel)
+                rnd = get(head_set="random", seed=None, **sel)
+                d = get(head_set="targeted-random", **sel)
+                sh = next((x for x in recs if x["head_set"] == "shared" and x["follow"] == follow
+                           and x["scope"] == scope and x["task"] == task and x["metric"] == "mfr"
+                           and x["subset"] == "followed"), None)
+                diff = "" if d is None or d["value"] is None else \
+                    f"{100 * d['value']:+6.1f} [{100 * d['ci_low']:+6.1f}, {100 * d['ci_high']:+6.1f}]"
+                print(f"{scope:<12} {follow:<7} {k:>3} {_pct(o and o['value']):>9} "
+                      f"{_pct(t and t['value'])} {_ci(t):>15} {_pct(rnd and rnd['value'])} {_ci(rnd):>15} "
+                      f"{diff:>26} {_pct(sh and sh['value']):>7}   (n={o and o['n']})")
+    written = write_leaderboard(recs, out / "demo")
+    print(f"\n{r['cells']} cells, {r['forwards']} model forwards, {time.time() - t0:.0f}s")
+    print("Where to look next:")
+    print(f"  {out / 'demo.md'}               the full specificity tables (full set and protocol subsets)")
+    for p in written:
+        if p.suffix == ".png":
+            print(f"  {p}")
+    print(f"  {out / 'records.jsonl'}          versioned records (mf-harness leaderboard / compare read these)")
+    print(f"  {out / 'runs'}/<cell>/           lmms-eval results and samples per cell")
+    card = REPO / "mf_harness" / "embedded" / "qwen2_5_vl_tiny" / "MODEL_CARD.md"
+    if card.exists():
+        print(f"  {card}   how the model was trained and where it settles the conflict (LDAR by layer)")
+    return 0
+
+
+def _spec_demo(limit: int | None) -> int:
+    from mf_harness.embedded import embedded_path
+    from mf_harness.spec import InterventionSpec
+
+    runs = [("original", "pretrained=embedded")]
+    for name in DEMO_SPECS:
+        p = REPO / "interventions" / name
+        spec = InterventionSpec.load(p)
+        runs.append((spec.describe(), f"pretrained=embedded,intervention={p.relative_to(REPO)}"))
+    print(f"mf-harness demo: modality-following ratio on the embedded checkpoint\n  ({embedded_path()})\n")
+    rows = []
+    for label, margs in runs:
+        t0 = time.time()
+        rows.append((label, run_mfr(margs, limit=limit)))
+        print(f"  lmms-eval --model intervened_qwen --model_args {margs} --tasks mfr   ({time.time() - t0:.0f}s)")
+    head = f"{'run':<48} {'MFR text':>9} {'MFR vision':>11} {'changed':>8} {'n':>5}"
+    print("\n" + head + "\n" + "-" * len(head))
+    base = rows[0][1]
+    for label, r in rows:
+        t, v = r["mfr_text"], r["mfr_vision"]
+        n = t["n"] + v["n"]
+        changed = sum(r[k]["answers"][d] != base[k]["answers"][d] for k in ("mfr_text", "mfr_vision")
+                      for d in r[k]["answers"]) / n
+        print(f"{label[:48]:<48} {t['mfr']:>9.3f} {v['mfr']:>11.3f} {changed:>8.3f} {n:>5}")
+    print("\n'changed': share of answers that differ from the original run's answer for the same doc.")
+    return 0
+
+
+def main(limit: int | None = None, out: str | Path = "out/demo") -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from loguru import logger
 
     logger.remove()
     logger.add(sys.stderr, level="ERROR")
-    from mf_harness.embedded import embedded_path
-    from mf_harness.spec import InterventionSpec
-
-    rows = []
-    runs = [("original", "pretrained=embedded", None)]
-    for name in DEMO_SPECS:
-        p = _spec_path(name)
-        spec = InterventionSpec.load(p)
-        runs.append((spec.describe(), f"pretrained=embedded,intervention={p.relative_to(REPO) if p.is_relative_to(REPO) else p}", spec))
-    print(f"mf-harness demo: modality-following ratio on the embedded checkpoint\n  ({embedded_path()})\n")
-    for label, margs, spec in runs:
-        t0 = time.time()
-        r = run_mfr(margs, limit=limit)
-        rows.append((label, r, time.time() - t0))
-        print(f"  lmms-eval --model intervened_qwen --model_args {margs} --tasks mfr   ({time.time() - t0:.0f}s)")
-    print()
-    head = (f"{'run':<48} {'MFR text':>9} {'MFR vision':>11} {'competing':>10} {'neither':>8} "
-            f"{'changed':>8} {'n':>5}")
-    print(head)
-    print("-" * len(head))
-    base = rows[0][1]
-    for label, r, _ in rows:
-        t, v = r["mfr_text"], r["mfr_vision"]
-        comp = (t["competing"] + v["competing"]) / 2
-        nei = (t["neither"] + v["neither"]) / 2
-        n = t["n"] + v["n"]
-        changed = sum(r[k]["answers"][d] != base[k]["answers"][d] for k in ("mfr_text", "mfr_vision")
-                      for d in r[k]["answers"]) / n
-        print(f"{label[:48]:<48} {t['mfr']:>9.3f} {v['mfr']:>11.3f} {comp:>10.3f} {nei:>8.3f} {changed:>8.3f} {n:>5}")
-    print("\n'changed': share of answers that differ from the original run's answer for the same doc.")
-    print("\nThe embedded checkpoint has random weights until the trained one lands: these numbers show the\n"
-          "pipeline, not modality following. Point pretrained= at a real Qwen2.5-VL to measure a model.")
-    return 0
+    if (DEMO_DIR / "heads.csv").exists() and (DEMO_DIR / "demo.json").exists():
+        return _sweep_demo(limit, Path(out))
+    return _spec_demo(limit)
 
 
 if __name__ == "__main__":
