@@ -17,6 +17,7 @@ _EXPORTS = {
     "HeadPlan": "mf_harness.hooks",
     "intervene": "mf_harness.hooks",
     "IntervenedQwen": "mf_harness.models",
+    "IntervenedHF": "mf_harness.models",
     "load_model": "mf_harness.models",
     "ARCH": "mf_harness.arch",
     "geometry": "mf_harness.arch",

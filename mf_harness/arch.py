@@ -1,41 +1,108 @@
-"""Architecture knowledge, as one table: where each VLM family keeps its text decoder.
+"""Architecture knowledge, as one table: one row per VLM family (``config.model_type``).
 
-The per-head site is the input of each text decoder layer's attention output
-projection (``self_attn.o_proj``): shape ``[batch, seq, heads * head_dim]``, and
-head ``h`` is the slice ``h*head_dim:(h+1)*head_dim`` (the head's output z_h
-before W_O mixes heads). Blocking/amplifying a head multiplies that slice.
+A row says two things about a family:
 
-A new family is one `ArchRow` here plus its tiny-model test.
+* **where** the per-head site is. It is the input of each text decoder layer's
+  attention output projection (``<layers>[i].<attn>.<o_proj>``), shape
+  ``[batch, seq, heads * head_dim]``; head ``h`` is the slice
+  ``h*head_dim:(h+1)*head_dim`` (the head's output z_h before W_O mixes heads).
+  Blocking/amplifying a head multiplies that slice (`mf_harness.hooks`).
+* **how lmms-eval prompts it**, as data the one generic wrapper
+  (`mf_harness.models.IntervenedHF`) reads: the chat turn is always
+  ``[system (if any)] + user[image x n, text]`` rendered by the checkpoint's own chat
+  template; a row picks the system prompt, how images are prepared, whether a batch
+  nests images per row, extra processor arguments, the default generation length
+  and which stop tokens apply. ``upstream`` names the lmms-eval 0.7.3 wrapper whose
+  conventions the row reproduces.
+
+A new family is one `ArchRow` here, its builder in `mf_harness.tiny`, and its tiny-model
+test (``tests/test_families.py`` is parametrized over this table).
+
+Not in the table, on purpose:
+
+* **DeepSeek-VL2** (``deepseek_vl_v2``). Its decoder would fit (``language.model.layers[i]
+  .self_attn.o_proj`` takes ``[batch, seq, heads * v_head_dim]`` in both its MLA and MHA
+  attention classes), but its code is not loadable here: it lives in DeepSeek's
+  ``deepseek_vl2`` package (not in transformers; transformers 5 ships only DeepSeek-VL v1
+  as ``deepseek_vl``), which pins ``transformers==4.38.2`` and imports names transformers 5
+  removed (``LlamaFlashAttention2``; its attention calls ``Cache.get_usable_length``);
+  and it is driven through its own processor and ``prepare_inputs_embeds`` +
+  ``language.generate(inputs_embeds=...)``, not ``AutoModelForImageTextToText`` +
+  ``AutoProcessor``. ``trust_remote_code=true`` cannot change any of that; supporting it
+  needs a port of that code to transformers 5.
+* Qwen3.5 (``qwen3_5``): most of its decoder layers are linear-attention (Gated
+  DeltaNet) layers without ``self_attn.o_proj``, so there is no per-head site in them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn as nn
 
-__all__ = ["ArchRow", "ARCH", "arch_for", "resolve", "HeadGeometry", "geometry"]
+__all__ = ["ArchRow", "ARCH", "MODEL_NAMES", "arch_for", "resolve", "HeadGeometry", "geometry"]
 
 
 @dataclass(frozen=True)
 class ArchRow:
+    # --- where: module paths from the top-level model
     family: str  # config.model_type
-    layers: str  # dotted path from the top-level model to the text decoder's layer list
+    layers: str  # the text decoder's layer list
+    final_norm: str  # the text model's final norm (logit lens)
+    lm_head: str = "lm_head"
     attn: str = "self_attn"  # attention module inside a decoder layer
     o_proj: str = "o_proj"  # output projection inside the attention module
-    text_config: str = "text_config"  # config attribute holding the text model's sizes ("" = top level)
-    final_norm: str = "model.language_model.norm"  # for the logit lens (analysis)
-    lm_head: str = "lm_head"
-    image_token: str | None = "<|image_pad|>"
+    text_config: str = "text_config"  # config attribute with the text model's sizes ("" = top level)
+    norm_offset: float = 0.0  # the final norm scales by (norm_offset + weight) (Gemma: 1)
+    rope_3d: bool = False  # multimodal RoPE: the model derives positions itself; never pass 1-D position_ids
+    # --- how: lmms-eval's conventions for the family
+    alias: str = "intervened_hf"  # the family's lmms-eval model name (all names are one class)
+    upstream: str = ""  # the lmms-eval 0.7.3 wrapper followed
+    image_token: str = "<image>"  # what the chat template writes for one image (expanded by the processor)
+    system_prompt: str | None = None  # default system turn (model_args system_prompt= overrides)
+    system_as_parts: bool = True  # system content as [{"type": "text", ...}] (False: a plain string)
+    image_prep: str = "none"  # see models.IMAGE_PREP: "qwen_jpeg" | "qwen" | "jpeg" | "none"
+    nested_images: bool = False  # processor wants images as [[row 0 images], [row 1 images], ...]
+    processor_kwargs: tuple[tuple[str, Any], ...] = ()  # passed to every processor call
+    max_new_tokens: int = 1024  # default when the task sets none
+    stop: str = "tokenizer"  # generate's eos: "tokenizer" (its eos token) | "generation_config" (the model's)
+    min_pixels: int | None = None  # Qwen image resize bounds (qwen-vl-utils' smart_resize)
+    max_pixels: int | None = None
 
+
+_QWEN = dict(layers="model.language_model.layers", final_norm="model.language_model.norm", rope_3d=True,
+             alias="intervened_qwen", image_token="<|image_pad|>", system_prompt="You are a helpful assistant.",
+             system_as_parts=False)
+_LM = dict(layers="model.language_model.layers", final_norm="model.language_model.norm")
+_IDEFICS = dict(layers="model.text_model.layers", final_norm="model.text_model.norm", upstream="idefics2 (simple)",
+                nested_images=True, stop="generation_config")  # no Idefics3/SmolVLM wrapper in lmms-eval 0.7.3
 
 ARCH: dict[str, ArchRow] = {
     row.family: row
     for row in (
-        ArchRow("qwen2_5_vl", layers="model.language_model.layers"),
-        ArchRow("qwen2_vl", layers="model.language_model.layers"),
+        ArchRow("qwen2_5_vl", **_QWEN, upstream="qwen2_5_vl (simple)", image_prep="qwen_jpeg",
+                max_new_tokens=32768, min_pixels=256 * 28 * 28, max_pixels=1605632),
+        ArchRow("qwen2_vl", **_QWEN, upstream="qwen2_vl (simple)", image_prep="qwen_jpeg",
+                max_new_tokens=128, min_pixels=3136, max_pixels=602112),
+        ArchRow("qwen3_vl", **_QWEN, upstream="qwen3_vl (simple)", image_prep="qwen",
+                processor_kwargs=(("do_resize", False),), max_new_tokens=128,
+                min_pixels=256 * 28 * 28, max_pixels=1605632),
+        ArchRow("internvl", **_LM, alias="intervened_internvl", upstream="internvl_hf (chat)",
+                image_token="<IMG_CONTEXT>", processor_kwargs=(("min_patches", 1), ("max_patches", 12))),
+        ArchRow("llava", **_LM, alias="intervened_llava", upstream="llava_hf (chat)"),
+        ArchRow("llava_onevision", **_LM, alias="intervened_llava", upstream="llava_hf (chat)"),
+        ArchRow("gemma3", **_LM, norm_offset=1.0, alias="intervened_gemma3", upstream="gemma3 (simple)",
+                image_token="<start_of_image>", system_prompt="You are a helpful assistant.", image_prep="jpeg",
+                nested_images=True, max_new_tokens=128, stop="generation_config"),
+        ArchRow("idefics3", **_IDEFICS, alias="intervened_idefics3"),
+        ArchRow("smolvlm", **_IDEFICS, alias="intervened_smolvlm"),
     )
 }
+
+
+# every lmms-eval name of the one model class
+MODEL_NAMES = ("intervened_hf", *sorted({row.alias for row in ARCH.values()} - {"intervened_hf"}))
 
 
 def _get(obj, path: str):

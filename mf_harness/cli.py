@@ -66,7 +66,7 @@ def _cmd_demo(args) -> int:
 
 def _common(s) -> None:
     s.add_argument("--model-args", default="pretrained=embedded",
-                   help="the same comma-separated model_args as lmms-eval's intervened_qwen (no spec keys)")
+                   help="the same comma-separated model_args as lmms-eval's intervened_hf (no spec keys)")
     s.add_argument("--tasks", default="mfr_text,mfr_vision", help="comma-separated mfr tasks (docs and prompts)")
     s.add_argument("--limit", type=int, default=None, help="docs per task")
     s.add_argument("--output-dir", required=True, type=Path)

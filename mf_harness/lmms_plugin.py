@@ -4,7 +4,8 @@ lmms-eval imports this module while it builds its model registry (entry point
 group ``lmms_eval.models``, declared in pyproject.toml), i.e. before any task is
 resolved. Importing it does three things, each small and idempotent:
 
-1. `manifests` registers ``intervened_qwen`` (and ``intervened_hf``).
+1. `manifests` registers ``intervened_hf`` and its per-family aliases (``intervened_qwen``,
+   ``intervened_internvl``, ``intervened_llava``, ...): one class, `mf_harness.models.IntervenedHF`.
 2. Our task folder is added to every `TaskManager`'s include path, so ``--tasks mfr``
    works with no ``--include_path`` and no environment variable (lmms-eval does not
    index plugin tasks by itself). ``--include_path`` keeps working alongside.
@@ -22,7 +23,7 @@ import traceback as _traceback
 
 __all__ = ["manifests", "tasks_dir", "install"]
 
-MODEL_CLASS = "mf_harness.models.IntervenedQwen"
+MODEL_CLASS = "mf_harness.models.IntervenedHF"
 
 
 def tasks_dir() -> str:
@@ -35,10 +36,10 @@ def tasks_dir() -> str:
 def manifests():
     from lmms_eval.models.registry_v2 import ModelManifest
 
+    from mf_harness.arch import MODEL_NAMES
+
     install()
-    return [
-        ModelManifest(model_id="intervened_qwen", simple_class_path=MODEL_CLASS, aliases=("intervened_hf",)),
-    ]
+    return [ModelManifest(model_id=MODEL_NAMES[0], simple_class_path=MODEL_CLASS, aliases=MODEL_NAMES[1:])]
 
 
 def _patch_task_manager() -> None:

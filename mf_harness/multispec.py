@@ -80,7 +80,10 @@ class MultiSpecRunner:
             p = L - 1  # nothing intervenes on the prompt: share all but the last token
         else:
             p = int(plan.mask.any(0).nonzero().min())
-        image = torch.isin(enc["input_ids"][0], torch.tensor(sorted(self.lm._placeholder_ids)))
+        if not self.lm.row.rope_3d:
+            self._warn_once(f"prefix sharing is validated for the Qwen families only, not {self.lm.family}")
+            return 0
+        image = torch.isin(enc["input_ids"][0], torch.tensor(sorted(self.lm.image_token_ids)))
         last_image = int(image.nonzero().max()) if image.any() else -1
         if p <= last_image:
             self._warn_once("a spec acts at or before the image tokens (scope prompt/all?)")
@@ -103,6 +106,9 @@ class MultiSpecRunner:
         tok = lm.tokenizer
         answers: list[str] = []
         L = enc["input_ids"].shape[1]
+        # per-token inputs (ids, mask, token-type ids) are cut at the prefix and repeated per row
+        per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
+        stop = {"eos_token_id": tok.eos_token_id} if lm.row.stop == "tokenizer" else {}
         prefix_cache = None
         with torch.inference_mode():
             if p > 0:
@@ -110,8 +116,7 @@ class MultiSpecRunner:
 
                 if hasattr(model.model, "rope_deltas"):
                     model.model.rope_deltas = None  # recomputed from this prompt by the prefix pass
-                pre = {k: (v[:, :p] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
-                       for k, v in enc.items()}
+                pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
                 out = model(**pre, past_key_values=DynamicCache(config=model.config), use_cache=True)
                 prefix_cache = out.past_key_values
                 self.stats["prefix_passes"] += 1
@@ -128,10 +133,10 @@ class MultiSpecRunner:
                         sub = None
                 feed = {}
                 for k, v in enc.items():
-                    if k in ("input_ids", "attention_mask", "mm_token_type_ids"):
+                    if k in per_token:
                         feed[k] = v.expand(R, -1)
-                    elif prefix_cache is None and k in ("pixel_values", "image_grid_thw"):
-                        feed[k] = v.repeat(R, *([1] * (v.dim() - 1)))
+                    elif prefix_cache is None and torch.is_tensor(v):
+                        feed[k] = v.repeat(R, *([1] * (v.dim() - 1)))  # one sample's image tensors, per row
                     elif prefix_cache is None:
                         feed[k] = v
                     elif k == "image_grid_thw":
@@ -142,8 +147,7 @@ class MultiSpecRunner:
                     feed["past_key_values"] = cache
                 self.stats["suffix_rows"] += R
                 with intervene(model, sub):
-                    out = model.generate(**feed, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                         use_cache=True, **kw)
+                    out = model.generate(**feed, pad_token_id=tok.pad_token_id, use_cache=True, **stop, **kw)
                 texts = tok.batch_decode(out[:, L:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
                 for t in texts:
                     for u in until:

@@ -7,8 +7,10 @@ rendered text (say, the instruction) is mapped to token positions in two steps:
 1. tokenize the rendered (unexpanded) text with character offsets, and take the
    tokens that overlap the span;
 2. align that token sequence with the processor's ``input_ids`` for the row: the two
-   agree token for token except where one placeholder became a run of special
-   tokens. The alignment checks every text token and raises if they disagree.
+   agree token for token except where a placeholder became the family's run of image
+   tokens (a BOS may also be added, and text right next to a run may tokenize
+   differently). `align_expanded` matches the common blocks and raises if a token away
+   from the images disagrees; `span_positions` raises if a token of the span has no match.
 
 Scopes:
 
@@ -38,34 +40,43 @@ class InstructionNotFound(ScopeError):
     """A doc's instruction text does not occur in its rendered prompt."""
 
 
-def align_expanded(plain_ids: Sequence[int], expanded_ids: Sequence[int], placeholder_ids: set[int],
-                   special_ids: set[int]) -> list[int]:
-    """Map each index of ``plain_ids`` to its index in ``expanded_ids``.
+# unmatched prompt tokens are tolerated only this close to an insertion (a placeholder or either end)
+_EDGE = 2
 
-    ``expanded_ids`` equals ``plain_ids`` except that each placeholder token (an id in
-    ``placeholder_ids``) became a run of special tokens. A placeholder maps to the
-    first token of its run. Any other disagreement raises `ScopeError`.
+
+def align_expanded(plain_ids: Sequence[int], expanded_ids: Sequence[int], placeholder_ids: set[int],
+                   special_ids: set[int] = frozenset()) -> list[int]:
+    """Map each index of ``plain_ids`` to its index in ``expanded_ids`` (-1: not there).
+
+    The processor turns the rendered prompt into ``expanded_ids`` by replacing each image
+    placeholder (an id in ``placeholder_ids``) with a run of tokens (Qwen:
+    ``<|image_pad|>*n``; InternVL: ``<img><IMG_CONTEXT>*n</img>``; Gemma 3:
+    ``\\n\\n<start_of_image><image_soft_token>*n<end_of_image>\\n\\n``; Idefics3/SmolVLM:
+    tiles with row tags and newlines), and the tokenizer may add a BOS. Text right next to
+    an insertion can tokenize differently (Gemma's newlines merge); everything else is the
+    same token for token. The two sequences are aligned by their longest common blocks
+    (difflib, no junk heuristic); a placeholder maps to the first position of its run.
+    A prompt token may stay unmatched only within ``_EDGE`` tokens of an insertion; any
+    other disagreement raises `ScopeError`. (``special_ids`` is accepted for compatibility.)
     """
-    out: list[int] = []
-    j, n = 0, len(expanded_ids)
-    for i, tok in enumerate(plain_ids):
+    from difflib import SequenceMatcher
+
+    plain, expanded = list(plain_ids), list(expanded_ids)
+    out = [-1] * len(plain)
+    for a, b, size in SequenceMatcher(None, plain, expanded, autojunk=False).get_matching_blocks():
+        out[a : a + size] = range(b, b + size)
+    anchors = [-1, len(plain)] + [i for i, t in enumerate(plain) if t in placeholder_ids]
+    nxt = 0  # first expanded position after the last matched token
+    for i, tok in enumerate(plain):
         if tok in placeholder_ids:
-            nxt = plain_ids[i + 1] if i + 1 < len(plain_ids) else None
-            start = j
-            while j < n and (j == start or (expanded_ids[j] != nxt and expanded_ids[j] in special_ids)):
-                j += 1
-            out.append(start)
-            continue
-        if j >= n or expanded_ids[j] != tok:
-            got = expanded_ids[j] if j < n else "end of sequence"
+            out[i] = nxt
+        elif out[i] >= 0:
+            nxt = out[i] + 1
+        elif min(abs(i - a) for a in anchors) > _EDGE:
             raise ScopeError(
                 f"cannot align the rendered prompt with the processor's tokens at token {i}: "
-                f"expected id {tok}, found {got}"
+                f"id {tok} is not in the processor's sequence there"
             )
-        out.append(j)
-        j += 1
-    if j != n:
-        raise ScopeError(f"processed prompt has {n - j} unaligned trailing tokens")
     return out
 
 
@@ -140,5 +151,8 @@ def span_positions(rendered: str, spans: Sequence[tuple[int, int]], expanded_ids
     positions: set[int] = set()
     for a, b in spans:
         for i in char_span_positions(offsets, a, b):
+            if mapping[i] < 0:
+                raise ScopeError(f"the text {rendered[a:b][:80]!r} is tokenized differently once the processor "
+                                 f"has expanded the images (token {i} of the rendered prompt)")
             positions.add(mapping[i])
     return sorted(positions)

@@ -101,3 +101,28 @@ def test_prefix_cache_logits_match_full_recompute_with_mrope(tiny_qwen25_dir):
                    past_key_values=DynamicCache(config=m.config), use_cache=True).past_key_values  # no image
         wrong = m(input_ids=enc["input_ids"][:1, p:], past_key_values=cache2, use_cache=True).logits
     assert not torch.allclose(wrong[0], full[0, p:], atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "internvl", "gemma3", "idefics3"])
+def test_other_families_batch_specs_exactly(tmp_path, family):
+    """Per-row specs in one batch equal one spec at a time for every family (prefix sharing: Qwen only)."""
+    from mf_harness.tiny import TinyConfig, build_tiny_vlm
+
+    path = build_tiny_vlm(tmp_path / family, TinyConfig(family=family, seed=5))
+    lm = IntervenedQwen(pretrained=str(path), attn_implementation="eager")
+    runner = MultiSpecRunner(lm)
+    images = lm._visuals(lambda d: [d["image"]], DOC, "doc")
+    specs = SPECS[:4]
+    got = runner.generate(CTX, images, DOC, specs, GEN)
+    want = []
+    for s in specs:
+        lm.spec = s
+        lm.task_dict = {"t": {"test": [DOC]}}
+        req = Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1},
+                       arguments=(CTX, dict(GEN), lambda d: [d["image"]], 0, "t", "test"))
+        want.append(lm.generate_until([req])[0])
+    assert got == want
+    if family == "qwen3_vl":
+        assert runner.stats["prefix_passes"] == 1
+    else:
+        assert runner.stats["fallbacks"] == 1

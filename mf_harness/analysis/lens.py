@@ -134,7 +134,8 @@ def readout_weights(model, tokens: list[int]) -> Readout:
     t = torch.tensor(sorted(set(tokens)), dtype=torch.long)
     W = head.weight[t.to(head.weight.device)].detach().float()
     eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-    return Readout(norm=norm, gain=norm.weight.detach().float(), eps=eps, W_U=W, tokens=t)
+    # Gemma-style norms scale by (1 + weight): the row says so
+    return Readout(norm=norm, gain=norm.weight.detach().float() + row.norm_offset, eps=eps, W_U=W, tokens=t)
 
 
 def lens_logits(ro: Readout, h: torch.Tensor) -> torch.Tensor:

@@ -122,7 +122,7 @@ def prepare_samples(lm, task_obj, docs: Sequence[dict], extra_forms: Mapping[str
         if not sets["instruction"]:
             raise DataError(f"{label}: instruction {doc['instruction']!r} not found in the prompt")
         sets["prompt_text"] = span_positions(rendered, [(u0, u0 + len(user_text))], ids, tok, lm._placeholder_ids)
-        sets["image"] = [p for p, t in enumerate(ids) if t in lm._placeholder_ids]
+        sets["image"] = [p for p, t in enumerate(ids) if t in lm.image_token_ids]
         sets["last"] = [len(ids) - 1]
         samples.append(Sample(sample_id=str(doc.get("sample_id", i)), follow=str(doc.get("follow", "")), doc=doc,
                               rendered=rendered, user_text=user_text, images=images, compliant_ids=ec,

@@ -1,0 +1,116 @@
+"""Scale: data parallel under accelerate (two CPU processes) and model sharding with device_map.
+
+* Two processes (``accelerate launch --multi_gpu --num_processes 2`` with
+  ``ACCELERATE_USE_CPU=true``: gloo on CPU) give the same samples and metrics as one
+  process, for generation (``mfr_text``) and loglikelihood (``mf_mmlu_fixture``), with a
+  spec, on a non-Qwen family; an odd ``--limit`` makes lmms-eval pad one rank.
+* A multi-process launch that accelerate cannot see as one (CPU without
+  ``ACCELERATE_USE_CPU``) is a clear error, not a silently unsharded run.
+* ``device_map`` (``auto``, and a map that offloads decoder layers to disk so accelerate's
+  own hooks load them on the fly) gives the same numbers as a plain load.
+"""
+
+import json
+import os
+from ast import literal_eval
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lmms_eval.api.instance import Instance
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+SPEC = "block=L0H1+L2H3+L3H0,scope=instruction"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from mf_harness.tiny import TinyConfig, build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("dp") / "internvl", TinyConfig(family="internvl", seed=3))
+
+
+def _lmms_eval(prefix, ckpt, out, env=ENV):
+    args = ["-m", "lmms_eval", "--model", "intervened_hf", "--model_args", f"pretrained={ckpt},{SPEC}",
+            "--tasks", "mfr_text,mf_mmlu_fixture", "--limit", "5", "--batch_size", "2", "--output_path", str(out),
+            "--log_samples"]
+    return subprocess.run([*prefix, *args], env=env, capture_output=True, text=True, timeout=600, cwd=out.parent)
+
+
+def _read(out: Path):
+    results = json.loads(sorted(out.rglob("*_results.json"))[-1].read_text())["results"]
+    metrics = {t: {k: v for k, v in r.items() if "stderr" not in k} for t, r in results.items()}
+    samples = {}
+    for f in out.rglob("*_samples_*.jsonl"):
+        rows = [json.loads(x) for x in f.read_text().splitlines()]
+        samples[f.name.split("_samples_")[1]] = sorted((r["doc_id"], r["filtered_resps"]) for r in rows)
+    return metrics, samples
+
+
+def test_two_cpu_processes_give_the_results_of_one(ckpt, tmp_path):
+    one = _lmms_eval([str(BIN / "python")], ckpt, tmp_path / "one")
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_port())]
+    two = _lmms_eval(launch, ckpt, tmp_path / "two", env=dict(ENV, ACCELERATE_USE_CPU="true"))
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    assert "rank 0/2" in two.stdout and "rank 1/2" in two.stdout  # both ranks loaded the model
+    m1, s1 = _read(tmp_path / "one")
+    m2, s2 = _read(tmp_path / "two")
+    assert set(s1) == {"mfr_text.jsonl", "mf_mmlu_fixture.jsonl"}
+    assert len(s1["mfr_text.jsonl"]) == 5 and len(s1["mf_mmlu_fixture.jsonl"]) == 5
+    assert s2["mfr_text.jsonl"] == s1["mfr_text.jsonl"]  # generated text: identical
+    for (d1, r1), (d2, r2) in zip(s1["mf_mmlu_fixture.jsonl"], s2["mf_mmlu_fixture.jsonl"]):
+        # "(logprob, is_greedy)" per choice; rows batch with different neighbours on each rank
+        a, b = [literal_eval(x) for x in r1], [literal_eval(x) for x in r2]
+        assert d1 == d2 and [g for _, g in a] == [g for _, g in b]
+        assert [x for x, _ in a] == pytest.approx([x for x, _ in b], abs=1e-5)
+    assert m2 == m1
+
+
+def test_a_launch_accelerate_cannot_shard_is_a_clear_error(ckpt):
+    code = (f"from mf_harness.models import IntervenedHF\n"
+            f"IntervenedHF(pretrained={str(ckpt)!r})\n")
+    env = dict(ENV, WORLD_SIZE="2", RANK="0")  # as a launcher would set it, minus a rendezvous to wait on
+    for k in ("ACCELERATE_USE_CPU", "LOCAL_RANK"):
+        env.pop(k, None)
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert "accelerate sees a single process" in p.stderr and "ACCELERATE_USE_CPU=true" in p.stderr
+
+
+def test_device_map_sharding_gives_the_same_numbers(ckpt):
+    from mf_harness.models import IntervenedHF
+
+    doc = {"instruction": "Follow the text.", "image": Image.new("RGB", (84, 56), (200, 30, 30))}
+    ctx = "Text: it is red. Follow the text. What colour?"
+    gen = Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1},
+                   arguments=(ctx, {"max_new_tokens": 5}, lambda d: [d["image"]], 0, "t", "test"))
+    ll = Instance(request_type="loglikelihood", idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1},
+                  arguments=(ctx, " red", lambda d: [d["image"]], 0, "t", "test"))
+    lm_layers = "model.language_model.layers"
+    offload = {"model.vision_tower": "cpu", "model.multi_modal_projector": "cpu",
+               "model.language_model.embed_tokens": "cpu", "model.language_model.norm": "cpu",
+               "model.language_model.rotary_emb": "cpu", "lm_head": "cpu",
+               **{f"{lm_layers}.{i}": ("disk" if i in (1, 2) else "cpu") for i in range(4)}}
+    got = {}
+    for name, kw in (("plain", {}), ("clean", {}), ("auto", {"device_map": "auto"}), ("disk", {"device_map": offload})):
+        spec = {} if name == "clean" else dict(block="L1H0+L2H3", scope="instruction")
+        lm = IntervenedHF(pretrained=str(ckpt), **spec, **kw)
+        lm.task_dict = {"t": {"test": [doc]}}
+        if name == "disk":
+            assert getattr(lm.model.model.language_model.layers[1], "_hf_hook", None) is not None
+        got[name] = (lm.generate_until([gen]), lm.loglikelihood([ll]))
+    assert got["auto"] == got["plain"] and got["disk"] == got["plain"]
+    assert got["clean"][1] != got["plain"][1]  # the spec was applied in all three
