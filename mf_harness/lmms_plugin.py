@@ -9,7 +9,8 @@ resolved. Importing it does three things, each small and idempotent:
 2. Our task folder is added to every `TaskManager`'s include path, so ``--tasks mfr``
    works with no ``--include_path`` and no environment variable (lmms-eval does not
    index plugin tasks by itself). ``--include_path`` keeps working alongside.
-3. Exit status: lmms-eval's CLI prints a traceback and exits 0 when an evaluation
+3. ``--use_cache`` keys on a spec file's content, not its path (`_patch_response_cache`).
+4. Exit status: lmms-eval's CLI prints a traceback and exits 0 when an evaluation
    fails. We replace the ``traceback`` name inside ``lmms_eval.__main__`` (used only
    in that error path) so a failure prints one clear message for mf-harness input
    errors (a traceback for anything else) and then exits with status 1.
@@ -113,6 +114,42 @@ def _patch_exit_status() -> None:
         main.traceback = _ExitOnFailure()
 
 
+def _spec_content_key(model_args):
+    """``model_args`` with ``intervention=<file>`` replaced by what the file says (its spec hash)."""
+    from lmms_eval.utils import simple_parse_args_string
+
+    args = simple_parse_args_string(model_args) if isinstance(model_args, str) else dict(model_args or {})
+    if not args.get("intervention"):
+        return model_args
+    from mf_harness.spec import spec_from_model_args
+
+    spec, rest = spec_from_model_args(args)
+    return {**rest, "spec_hash": spec.spec_hash}
+
+
+def _patch_response_cache() -> None:
+    """lmms-eval's ``--use_cache`` keys responses on the ``--model_args`` text; with
+    ``intervention=heads.json`` that is the file's path, so editing the file in place would
+    silently reuse stale answers. Key on the spec's content instead."""
+    try:
+        from lmms_eval.caching.response_cache import ResponseCache
+    except ImportError:  # pragma: no cover
+        return
+    create = ResponseCache.__dict__["create"]
+    if getattr(create, "_mf_harness", False):
+        return
+    original = create.__func__
+
+    def patched(cls, cache_root, *, model="", model_args="", **kwargs):
+        return original(cls, cache_root, model=model, model_args=_spec_content_key(model_args), **kwargs)
+
+    patched._mf_harness = True
+    wrapped = classmethod(patched)
+    wrapped._mf_harness = True  # type: ignore[attr-defined]
+    ResponseCache.create = wrapped
+
+
 def install() -> None:
     _patch_task_manager()
     _patch_exit_status()
+    _patch_response_cache()
