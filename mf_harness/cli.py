@@ -228,6 +228,12 @@ def _cmd_compare(args) -> int:
     return 1
 
 
+def _cmd_train_embedded(args) -> int:
+    from mf_harness.train import main as train_main
+
+    return int(train_main(args.train_args) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mf-harness", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -295,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-dir", type=Path, default=None, help="where to re-run (default: a temp dir)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_compare)
+    s = sub.add_parser("train-embedded", help="train the embedded tiny VLM (CPU, deterministic); args go to "
+                                              "python -m mf_harness.train (see --help there)", add_help=False)
+    s.add_argument("train_args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_cmd_train_embedded)
     s = sub.add_parser("demo", help="MFR on the embedded model, with and without a head intervention")
     s.add_argument("--limit", type=int, default=None, help="docs per task")
     s.set_defaults(func=_cmd_demo)
