@@ -61,7 +61,7 @@ def _cmd_spec(args) -> int:
 def _cmd_demo(args) -> int:
     from mf_harness.demo import main as demo_main
 
-    return demo_main(limit=args.limit)
+    return demo_main(limit=args.limit, out=args.output_dir)
 
 
 def _common(s) -> None:
@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--coefficients", default="", help="amplification coefficients, e.g. 8,10,12")
     s.add_argument("--scopes", default="instruction")
     s.add_argument("--follows", default="text,vision")
-    s.add_argument("--controls", default="random,shared,layers")
+    s.add_argument("--controls", default="random,shared,layers",
+                   help="comma-separated: random (layer-matched, the paper's), random_any (any layer), shared, layers")
     s.add_argument("--capability-tasks", default="", help="e.g. mf_capability task names, comma-separated")
     s.add_argument("--limit", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=8)
@@ -305,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "python -m mf_harness.train (see --help there)", add_help=False)
     s.add_argument("train_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_train_embedded)
-    s = sub.add_parser("demo", help="MFR on the embedded model, with and without a head intervention")
+    s = sub.add_parser("demo", help="MFR on the embedded model: original vs targeted vs random heads (make demo)")
     s.add_argument("--limit", type=int, default=None, help="docs per task")
+    s.add_argument("--output-dir", default="out/demo", help="where the records, tables and plots go (replaced)")
     s.set_defaults(func=_cmd_demo)
     return p
 

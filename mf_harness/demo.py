@@ -65,10 +65,11 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
     from mf_harness.sweep import SweepConfig, run_sweep
 
     settings = json.loads((DEMO_DIR / "demo.json").read_text())
+    controls = settings.get("controls", ["random_any", "random", "shared"])
     cfg = SweepConfig(model_args="pretrained=embedded", rankings=str(DEMO_DIR / "heads.csv"),
                       ks=settings.get("ks", [4]), seeds=settings.get("seeds", 5),
                       scopes=settings.get("scopes", ["instruction"]), follows=["text", "vision"],
-                      controls=["random", "shared"], limit=limit, batch_size=8, name="demo")
+                      controls=controls, limit=limit, batch_size=8, name="demo")
     if out.exists():
         shutil.rmtree(out)
     print(f"mf-harness demo: modality following on the embedded checkpoint\n  ({embedded_path()})")
@@ -82,9 +83,13 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
         rs = [x for x in recs if all(x.get(k) == v for k, v in kw.items())]
         return rs[0] if rs else None
 
-    head = (f"{'scope':<12} {'heads':<7} {'k':>3} {'original':>9} {'targeted [95% CI]':>21} "
-            f"{'random x5 [95% CI]':>21} {'targeted-random [95% CI]':>26} {'shared':>7}")
-    print("\nMFR (%) on the samples the original model follows (blocking; n per row in brackets)")
+    randoms = [c for c in ("random_any", "random") if c in controls]
+    label = {"random_any": "random, any layer", "random": "random, same layers"}
+    head = f"{'scope':<12} {'heads':<7} {'k':>3} {'original':>9} {'targeted [95% CI]':>21}"
+    for c in randoms:
+        head += f" {label[c] + ' [95% CI]':>29} {'targeted - it [95% CI]':>25}"
+    head += f" {'shared':>7}"
+    print(f"\nMFR (%) on the samples the original model follows (heads blocked; random: {cfg.seeds} seeds pooled)")
     print(head)
     print("-" * len(head))
     for scope in cfg.scopes:
@@ -95,16 +100,18 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
             for k in sorted({x["k"] for x in recs if x["head_set"] == "targeted"}):
                 sel = dict(follow=follow, scope=scope, k=k, intervention="block", **base)
                 t = get(head_set="targeted", **sel)
-                rnd = get(head_set="random", seed=None, **sel)
-                d = get(head_set="targeted-random", **sel)
+                line = (f"{scope:<12} {follow:<7} {k:>3} {_pct(o and o['value']):>9} "
+                        f"{_pct(t and t['value'])} {_ci(t):>15}")
+                for c in randoms:
+                    rnd = get(head_set=c, seed=None, **sel)
+                    d = get(head_set=f"targeted-{c}", **sel)
+                    diff = "" if d is None or d["value"] is None else \
+                        f"{100 * d['value']:+6.1f} [{100 * d['ci_low']:+6.1f}, {100 * d['ci_high']:+6.1f}]"
+                    line += f" {_pct(rnd and rnd['value']):>13} {_ci(rnd):>15} {diff:>25}"
                 sh = next((x for x in recs if x["head_set"] == "shared" and x["follow"] == follow
                            and x["scope"] == scope and x["task"] == task and x["metric"] == "mfr"
                            and x["subset"] == "followed"), None)
-                diff = "" if d is None or d["value"] is None else \
-                    f"{100 * d['value']:+6.1f} [{100 * d['ci_low']:+6.1f}, {100 * d['ci_high']:+6.1f}]"
-                print(f"{scope:<12} {follow:<7} {k:>3} {_pct(o and o['value']):>9} "
-                      f"{_pct(t and t['value'])} {_ci(t):>15} {_pct(rnd and rnd['value'])} {_ci(rnd):>15} "
-                      f"{diff:>26} {_pct(sh and sh['value']):>7}   (n={o and o['n']})")
+                print(f"{line} {_pct(sh and sh['value']):>7}   (n={o and o['n']})")
     written = write_leaderboard(recs, out / "demo")
     print(f"\n{r['cells']} cells, {r['forwards']} model forwards, {time.time() - t0:.0f}s")
     print("Where to look next:")

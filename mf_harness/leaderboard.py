@@ -1,9 +1,10 @@
 """Tables, plots and the regression check, as pure functions of records (`mf_harness.records`).
 
 **Specificity table** (the paper's Table 1, per direction x intervention x scope): one row per
-head set (original, targeted top-k, random top-k pooled over seeds, shared, layers), with
+head set (original, targeted top-k, random k heads pooled over seeds, layer-matched and/or
+from any layer, shared, layers), with
 MFR on the protocol subset (``followed`` for blocking, ``failed`` for amplification) and on
-the full set, the paired difference to the random control, and every capability metric with
+the full set, the paired difference to each random control, and every capability metric with
 its change from the original model. The **specificity** column is
 
     specificity = effect - collateral   (percentage points)
@@ -31,12 +32,13 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from mf_harness.records import record_key
+from mf_harness.records import RANDOM_CONTROLS, record_key
 
 __all__ = ["specificity_tables", "cross_model_table", "render_markdown", "plot_mfr_vs_k", "plot_mfr_vs_coefficient",
            "compare_records", "write_leaderboard"]
 
 PROTOCOL = {"block": "followed", "amplify": "failed"}
+CONTROL_LABEL = {"random": "random (layer-matched)", "random_any": "random (any layer)"}
 
 
 def _fmt(v, pct=True, signed=False, digits=1) -> str:
@@ -75,26 +77,31 @@ def specificity_tables(records: Sequence[dict]) -> list[dict]:
         head_rows = []
         sel = dict(follow=follow, intervention=action, coefficient=coef_v, scope=scope, task=task, metric="mfr")
         for r in sorted(_find(records, subset=subset, **sel),
-                        key=lambda r: ({"targeted": 0, "random": 1, "shared": 2, "layers": 3}.get(r["head_set"], 9),
-                                       r["k"] or 0)):
-            if r["head_set"] in ("targeted-random",) or (r["head_set"] == "random" and r["seed"] is not None):
+                        key=lambda r: ({"targeted": 0, "random": 1, "random_any": 2, "shared": 3,
+                                        "layers": 4}.get(r["head_set"], 9), r["k"] or 0)):
+            if r["head_set"].startswith("targeted-") or (r["head_set"] in RANDOM_CONTROLS and r["seed"] is not None):
                 continue
             head_rows.append(r)
-        columns = ["head set", "k", f"MFR {subset} [95% CI]", "MFR full", "vs random [95% CI]"]
+        controls = [c for c in RANDOM_CONTROLS if _find(records, subset=subset, head_set=f"targeted-{c}", **sel)]
+        controls = controls or ["random"]
+        columns = ["head set", "k", f"MFR {subset} [95% CI]", "MFR full"]
+        columns += [f"vs {CONTROL_LABEL[c]} [95% CI]" for c in controls]
         columns += [f"{t}/{m}" for t, m in cap] + ["specificity"]
         rows = [["original", "", f"{_fmt(orig and orig['value'])} (n={orig and orig['n']})",
-                 _fmt(orig_full and orig_full["value"]), ""]
+                 _fmt(orig_full and orig_full["value"])] + [""] * len(controls)
                 + [_fmt(v["value"], _is_fraction(v["value"])) if v else "" for v in orig_cap.values()] + [""]]
         for r in head_rows:
-            label = {"random": f"random (pooled, {r.get('n_seeds', '?')} seeds)"}.get(r["head_set"], r["head_set"])
+            label = (f"{CONTROL_LABEL[r['head_set']]} (pooled, {r.get('n_seeds', '?')} seeds)"
+                     if r["head_set"] in RANDOM_CONTROLS else r["head_set"])
             full = _one(records, subset="full", head_set=r["head_set"], k=r["k"], seed=r["seed"],
                         spec_hash=r["spec_hash"], **sel)
-            diff = _one(records, subset=subset, head_set="targeted-random", k=r["k"], **sel) \
-                if r["head_set"] == "targeted" else None
             ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r.get("ci_low") is not None else ""
-            row = [label, str(r["k"] or ""), f"{_fmt(r['value'])}{ci} (n={r['n']})", _fmt(full and full["value"]),
-                   (f"{_fmt(diff['value'], signed=True)} [{_fmt(diff['ci_low'], signed=True)}, "
-                    f"{_fmt(diff['ci_high'], signed=True)}]" if diff else "")]
+            row = [label, str(r["k"] or ""), f"{_fmt(r['value'])}{ci} (n={r['n']})", _fmt(full and full["value"])]
+            for c in controls:
+                diff = _one(records, subset=subset, head_set=f"targeted-{c}", k=r["k"], **sel) \
+                    if r["head_set"] == "targeted" else None
+                row.append(f"{_fmt(diff['value'], signed=True)} [{_fmt(diff['ci_low'], signed=True)}, "
+                           f"{_fmt(diff['ci_high'], signed=True)}]" if diff else "")
             deltas = []
             for (t, m), o in orig_cap.items():
                 c = _one(records, head_set=r["head_set"], k=r["k"], seed=r["seed"], spec_hash=r["spec_hash"],
@@ -123,9 +130,9 @@ def cross_model_table(record_sets: Sequence[Sequence[dict]]) -> dict:
     cols, cells = [], {}
     for records in record_sets:
         for r in records:
-            if r["metric"] != "mfr" or not r["task"].startswith("mfr") or r["head_set"] == "targeted-random":
+            if r["metric"] != "mfr" or not r["task"].startswith("mfr") or r["head_set"].startswith("targeted-"):
                 continue
-            if r["head_set"] == "random" and r["seed"] is not None:
+            if r["head_set"] in RANDOM_CONTROLS and r["seed"] is not None:
                 continue
             subset = PROTOCOL.get(r["intervention"], "full")
             if r["subset"] != subset:
@@ -182,13 +189,13 @@ def plot_mfr_vs_k(records: Sequence[dict], path: Path) -> Path | None:
         subset = PROTOCOL[action]
         base = dict(follow=follow, intervention=action, coefficient=None if action == "block" else coef,
                     scope=scope, task=f"mfr_{follow}", metric="mfr", subset=subset)
-        for hs, style in (("targeted", "o-"), ("random", "s--"), ("layers", "^:")):
+        for hs, style in (("targeted", "o-"), ("random", "s--"), ("random_any", "v-."), ("layers", "^:")):
             rs = sorted((r for r in _find(records, head_set=hs, **base) if r["seed"] is None
                          and r["value"] is not None), key=lambda r: r["k"])
             if not rs:
                 continue
             ks = [r["k"] for r in rs]
-            ax.plot(ks, [r["value"] * 100 for r in rs], style, label=hs)
+            ax.plot(ks, [r["value"] * 100 for r in rs], style, label=CONTROL_LABEL.get(hs, hs))
             if all(r.get("ci_low") is not None for r in rs):
                 ax.fill_between(ks, [r["ci_low"] * 100 for r in rs], [r["ci_high"] * 100 for r in rs], alpha=0.2)
         for r in (x for x in _find(records, head_set="shared", **base) if x["value"] is not None):
@@ -198,6 +205,9 @@ def plot_mfr_vs_k(records: Sequence[dict], path: Path) -> Path | None:
             ax.axhline(o["value"] * 100, color="grey", ls="--", lw=0.8, label="original")
         what = "block" if action == "block" else f"amplify x{coef:g}"
         ax.set_title(f"{follow}: {what} at {scope} ({subset})")
+        ticks = sorted({r["k"] for r in _find(records, **base) if r["k"] is not None})
+        if ticks:
+            ax.set_xticks(ticks)
         ax.set_xlabel("k (heads)")
         ax.set_ylabel("MFR (%)")
         ax.legend(fontsize=8)
@@ -214,7 +224,7 @@ def plot_mfr_vs_coefficient(records: Sequence[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     amp = [r for r in records if r["intervention"] == "amplify" and r["metric"] == "mfr" and r["subset"] == "failed"
-           and r["head_set"] in ("targeted", "random") and r["seed"] is None and r["task"].startswith("mfr")
+           and r["head_set"] in ("targeted", *RANDOM_CONTROLS) and r["seed"] is None and r["task"].startswith("mfr")
            and r["value"] is not None]
     if not amp:
         return None

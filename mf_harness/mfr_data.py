@@ -43,6 +43,8 @@ __all__ = [
     "COCO_LAYOUTS",
     "SYNTHETIC_SEED",
     "SYNTHETIC_PER_KIND",
+    "DEV_SEED",
+    "DEV_PER_KIND",
     "mc2_file",
     "load_mc2",
     "coco_image_path",
@@ -168,6 +170,10 @@ def load_coco_image(image_id: Any, root: str | os.PathLike | Sequence[str | os.P
 SYNTHETIC_SEED = 20260521
 SYNTHETIC_PER_KIND = 80  # x 3 kinds = 240 rows, each usable for text- and vision-following
 SYNTHETIC_KINDS: tuple[str, ...] = ("color", "counting", "object_recognition")
+# The dev split (``mfr_dev_*`` tasks): the same generator with another seed, for discovering head sets
+# (``mf-harness discover --tasks mfr_dev_text,mfr_dev_vision``) on rows the sweep does not score.
+DEV_SEED = 20260522
+DEV_PER_KIND = 32  # x 3 kinds = 96 rows
 IMAGE_SIZE = 84
 
 COLORS: Mapping[str, tuple[int, int, int]] = {
@@ -332,11 +338,14 @@ def write_synthetic(path: str | os.PathLike, seed: int = SYNTHETIC_SEED, per_kin
     return path
 
 
-def bundled_synthetic_path() -> Path:
-    """The committed synthetic parquet, beside the mfr task YAMLs."""
+def bundled_synthetic_path(split: str = "test") -> Path:
+    """The committed synthetic parquet of ``split`` (``test``: the ``mfr`` tasks; ``dev``: ``mfr_dev``)."""
     import mf_harness.tasks as tasks
 
-    return Path(tasks.__file__).resolve().parent / "mfr" / "data" / "mfr_synthetic.parquet"
+    if split not in ("test", "dev"):
+        raise MfHarnessError(f"split must be 'test' or 'dev', got {split!r}")
+    name = "mfr_synthetic.parquet" if split == "test" else "mfr_synthetic_dev.parquet"
+    return Path(tasks.__file__).resolve().parent / "mfr" / "data" / name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -344,10 +353,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m mf_harness.mfr_data", description="Write the bundled synthetic modality-following set."
     )
     parser.add_argument("--out", type=Path, default=None, help="parquet to write (default: the bundled file)")
-    parser.add_argument("--seed", type=int, default=SYNTHETIC_SEED)
-    parser.add_argument("--per-kind", type=int, default=SYNTHETIC_PER_KIND)
+    parser.add_argument("--split", choices=("test", "dev"), default="test",
+                        help="which bundled split's seed and size to use (default: test)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--per-kind", type=int, default=None)
     args = parser.parse_args(argv)
-    out = write_synthetic(args.out or bundled_synthetic_path(), args.seed, args.per_kind)
+    dev = args.split == "dev"
+    args.seed = args.seed if args.seed is not None else (DEV_SEED if dev else SYNTHETIC_SEED)
+    args.per_kind = args.per_kind if args.per_kind is not None else (DEV_PER_KIND if dev else SYNTHETIC_PER_KIND)
+    out = write_synthetic(args.out or bundled_synthetic_path(args.split), args.seed, args.per_kind)
     print(f"wrote {out} ({out.stat().st_size} bytes, {args.per_kind * len(SYNTHETIC_KINDS)} rows)")
     return 0
 

@@ -4,7 +4,8 @@ A records file is JSON lines: a header line ``{"type": "sweep", ...}`` (the swee
 its creation date, versions, git hash), then one record per (cell, task, metric, subset):
 
     schema_version, sweep, created, model, revision, model_type,
-    head_set (original|targeted|random|shared|layers|targeted-random), follow, k, seed,
+    head_set (original|targeted|random|random_any|shared|layers|targeted-random|
+    targeted-random_any), follow, k, seed,
     intervention (none|block|amplify), coefficient, scope, spec_name, spec_hash, heads,
     task, metric, subset (full|followed|failed), value, stderr, ci_low, ci_high, n,
     seed_sd (random controls pooled over seeds), versions, git
@@ -13,9 +14,10 @@ MFR metrics are summarised from per-sample outcomes (mean, standard error, boots
 ``followed`` / ``failed`` are the samples the original model follows / fails (the paper's
 protocol subsets). Capability metrics keep lmms-eval's aggregate and stderr (corpus metrics
 such as CIDEr are not means of per-sample values); their CI is bootstrapped only for metrics
-that are per-sample means. ``random`` records with ``seed = null`` pool the seeds (each
-sample's outcome averaged over seeds); ``targeted-random`` records hold the paired
-difference targeted - random on the same samples. Tables and plots are pure functions of
+that are per-sample means. ``random`` / ``random_any`` records with ``seed = null`` pool
+the seeds (each sample's outcome averaged over seeds); ``targeted-random`` /
+``targeted-random_any`` records hold the paired difference targeted - control on the same
+samples. Tables and plots are pure functions of
 records.
 """
 
@@ -33,6 +35,7 @@ __all__ = ["RECORD_SCHEMA", "build_records", "write_records", "read_records", "r
 
 RECORD_SCHEMA = 1
 MFR_METRICS = ("mfr", "competing", "neither")
+RANDOM_CONTROLS = ("random", "random_any")  # pooled over seeds, and paired with the targeted set
 KEY_FIELDS = ("head_set", "follow", "k", "seed", "intervention", "coefficient", "scope", "spec_hash", "task",
               "metric", "subset")
 
@@ -100,34 +103,34 @@ def build_records(results: list[dict], manifest: dict, lm=None) -> list[dict]:
                          {"value": value, "stderr": t["stderr"].get(metric),
                           "ci_low": s["ci_low"] if is_mean else None, "ci_high": s["ci_high"] if is_mean else None,
                           "n": t["n"]})
-    # random controls pooled over seeds, and targeted - random paired differences
+    # random controls pooled over seeds, and targeted - random paired differences (one per random control)
     groups = defaultdict(list)
     for r in results:
         m = r["meta"]
-        if m["head_set"] == "random":
-            groups[(m["follow"], m["k"], m["intervention"], m["coefficient"], m["scope"])].append(r)
+        if m["head_set"] in RANDOM_CONTROLS:
+            groups[(m["head_set"], m["follow"], m["k"], m["intervention"], m["coefficient"], m["scope"])].append(r)
     for r in results:
         m = r["meta"]
         if m["head_set"] != "targeted":
             continue
-        key = (m["follow"], m["k"], m["intervention"], m["coefficient"], m["scope"])
-        rand = groups.get(key, [])
-        if not rand:
-            continue
-        task = f"mfr_{m['follow']}"
-        subsets = _subsets(baseline, task)
-        tgt = per_sample[(m["spec_hash"], task)]
-        seeds = [per_sample[(x["meta"]["spec_hash"], task)] for x in rand]
-        pooled_meta = dict(rand[0]["meta"], seed=None, spec_name=f"{m['follow']}-random-k{m['k']}-pooled",
-                           spec_hash=None, heads=None)
-        diff_meta = dict(m, head_set="targeted-random", spec_name=f"{m['spec_name']} - random")
-        for subset, ids in subsets.items():
-            pooled = [sum(s[i] for s in seeds) / len(seeds) for i in ids]
-            seed_means = [sum(s[i] for i in ids) / len(ids) if ids else math.nan for s in seeds]
-            emit(pooled_meta, task, "mfr", subset, summarize(pooled).as_dict(), n_seeds=len(seeds),
-                 seed_sd=_clean(seed_spread(seed_means)))
-            emit(diff_meta, task, "mfr", subset, paired_difference([tgt[i] for i in ids], pooled).as_dict(),
-                 n_seeds=len(seeds))
+        for control in RANDOM_CONTROLS:
+            rand = groups.get((control, m["follow"], m["k"], m["intervention"], m["coefficient"], m["scope"]), [])
+            if not rand:
+                continue
+            task = f"mfr_{m['follow']}"
+            subsets = _subsets(baseline, task)
+            tgt = per_sample[(m["spec_hash"], task)]
+            seeds = [per_sample[(x["meta"]["spec_hash"], task)] for x in rand]
+            pooled_meta = dict(rand[0]["meta"], seed=None, spec_name=f"{m['follow']}-{control}-k{m['k']}-pooled",
+                               spec_hash=None, heads=None)
+            diff_meta = dict(m, head_set=f"targeted-{control}", spec_name=f"{m['spec_name']} - {control}")
+            for subset, ids in subsets.items():
+                pooled = [sum(s[i] for s in seeds) / len(seeds) for i in ids]
+                seed_means = [sum(s[i] for i in ids) / len(ids) if ids else math.nan for s in seeds]
+                emit(pooled_meta, task, "mfr", subset, summarize(pooled).as_dict(), n_seeds=len(seeds),
+                     seed_sd=_clean(seed_spread(seed_means)))
+                emit(diff_meta, task, "mfr", subset, paired_difference([tgt[i] for i in ids], pooled).as_dict(),
+                     n_seeds=len(seeds))
     return records
 
 

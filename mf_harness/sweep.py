@@ -8,6 +8,10 @@ text-following heads) plus any capability tasks. Head sets per direction:
 * ``random``: k random heads **matched layer by layer** to the targeted set (same number of
   heads in each layer, drawn from that layer's non-targeted heads), one set per seed
   (``seeds``, default 5; the set is a pure function of (direction, k, seed));
+* ``random_any``: k random heads drawn from every non-targeted head of the model, **not**
+  matched by layer (the plain "k random heads" control; one set per seed). Where the
+  targeted heads fill most of their layer (small models), the layer-matched control is
+  nearly the targeted set itself and only this one tests head specificity;
 * ``shared``: the heads in both the text and the vision top-K (K = the largest k);
 * ``layers``: every head of the layers the targeted set touches (a coarse control).
 
@@ -48,7 +52,10 @@ from typing import Any, Sequence
 from mf_harness.errors import MfHarnessError
 from mf_harness.spec import Head, InterventionSpec
 
-__all__ = ["SweepConfig", "Cell", "plan_cells", "run_sweep", "random_matched", "load_rankings"]
+__all__ = ["SweepConfig", "Cell", "plan_cells", "run_sweep", "random_matched", "random_any", "load_rankings",
+           "CONTROLS"]
+
+CONTROLS = ("random", "random_any", "shared", "layers")
 
 MFR_METRICS = ("mfr", "competing", "neither")
 
@@ -84,7 +91,7 @@ class SweepConfig:
 
 @dataclass(frozen=True)
 class Cell:
-    head_set: str  # original | targeted | random | shared | layers
+    head_set: str  # original | targeted | random | random_any | shared | layers
     follow: str | None
     k: int | None
     seed: int | None
@@ -170,8 +177,21 @@ def random_matched(targeted: Sequence[Head], num_heads: int, seed: int, salt: st
     return tuple(sorted(chosen))
 
 
+def random_any(targeted: Sequence[Head], num_layers: int, num_heads: int, seed: int, salt: str = "") -> tuple[Head, ...]:
+    """``len(targeted)`` random heads from all the model's non-targeted heads (any layer)."""
+    rng = random.Random(f"any|{salt}|{seed}|{','.join(map(str, sorted(targeted)))}")
+    taken = set(targeted)
+    pool = [Head(l, h) for l in range(num_layers) for h in range(num_heads) if Head(l, h) not in taken]
+    if len(pool) < len(targeted):
+        pool = [Head(l, h) for l in range(num_layers) for h in range(num_heads)]
+    return tuple(sorted(rng.sample(pool, len(targeted))))
+
+
 def plan_cells(cfg: SweepConfig, rankings: dict[str, list[Head]], num_layers: int, num_heads: int) -> list[Cell]:
     total = num_layers * num_heads
+    unknown = set(cfg.controls) - set(CONTROLS)
+    if unknown:
+        raise MfHarnessError(f"unknown control(s) {sorted(unknown)}; known: {', '.join(CONTROLS)}")
     follows = [f for f in cfg.follows if f in rankings]
     missing = set(cfg.follows) - set(rankings)
     if missing:
@@ -191,6 +211,10 @@ def plan_cells(cfg: SweepConfig, rankings: dict[str, list[Head]], num_layers: in
                         for s in range(cfg.seeds):
                             rnd = random_matched(top, num_heads, s, salt=f)
                             cells.append(Cell("random", f, k, s, action, coef, scope, rnd, tasks))
+                    if "random_any" in cfg.controls:
+                        for s in range(cfg.seeds):
+                            rnd = random_any(top, num_layers, num_heads, s, salt=f)
+                            cells.append(Cell("random_any", f, k, s, action, coef, scope, rnd, tasks))
                     if "layers" in cfg.controls:
                         layers = sorted({h.layer for h in top})
                         heads = tuple(Head(l, h) for l in layers for h in range(num_heads))

@@ -6,9 +6,11 @@ columns and a PIL ``image``) and the same look as the bundled eval set
 (`mf_harness.mfr_data`: 84x84 drawings of one shape, or one to four shapes for
 counting, in one of ten colours), with wider jitter. A training row also carries
 what the trainer needs: the direction to follow (``follow``), the instruction
-sentence, and the target ``answer``.
+sentence (the eval default ``paper`` for half of the rows), the target ``answer``,
+and what is drawn (``image_color``, ``image_count``, ``image_shape``; `stated` gives
+what either modality says).
 
-What is held out of training (`HeldOut`, checked by the tests):
+What is held out of training (checked by ``tests/test_train.py``):
 
 * **colour conflicts**: no training row has an ordered (image colour, text colour)
   pair in `HELDOUT_COLOR_PAIRS`, which contains every pair of the bundled eval set

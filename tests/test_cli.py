@@ -95,10 +95,10 @@ def test_mf_harness_commands(tmp_path):
                         "embedded", "-o", str(tmp_path / "s.json")], capture_output=True, text=True, env=ENV)
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "s.json").read_text())["block"] == ["L0H1", "L3H3"]
-    p = subprocess.run([str(BIN / "mf-harness"), "spec", "--block", "L0H7", "--model", "embedded"],
+    p = subprocess.run([str(BIN / "mf-harness"), "spec", "--block", "L0H8", "--model", "embedded"],
                        capture_output=True, text=True, env=ENV)
     assert p.returncode == 2 and p.stderr.strip() == (
-        "mf-harness: error: block: head L0H7 is out of range: embedded has 4 heads per layer (head must be 0..3)")
+        "mf-harness: error: block: head L0H8 is out of range: embedded has 8 heads per layer (head must be 0..7)")
 
 
 def test_tasks_are_found_from_an_installed_wheel(tmp_path):

@@ -64,6 +64,23 @@ def test_bundled_parquet_equals_a_fresh_generation(tmp_path, bundled):
         assert ia.size == ib.size and np.array_equal(np.asarray(ia.convert("RGB")), np.asarray(ib.convert("RGB"))), a["sample_id"]
 
 
+def test_dev_split_is_a_fresh_generation_and_shares_no_image_with_the_test_split(tmp_path, bundled):
+    out = tmp_path / "dev.parquet"
+    assert mfr_data.main(["--split", "dev", "--out", str(out)]) == 0
+    dev = _load_parquet(mfr_data.bundled_synthetic_path("dev"))
+    fresh = _load_parquet(out)
+    assert len(fresh) == len(dev)
+    for a, b in zip(fresh, dev):
+        ia, ib = a.pop("image"), b.pop("image")
+        assert a == b and np.array_equal(np.asarray(ia.convert("RGB")), np.asarray(ib.convert("RGB")))
+    assert len(dev) == mfr_data.DEV_PER_KIND * len(mfr_data.SYNTHETIC_KINDS)
+    assert dev.column_names == bundled.column_names
+    pixels = lambda ds: {np.asarray(r["image"].convert("RGB")).tobytes() for r in ds}  # noqa: E731
+    assert not pixels(dev) & pixels(bundled)
+    with pytest.raises(MfHarnessError, match="split"):
+        mfr_data.bundled_synthetic_path("train")
+
+
 def test_generator_is_seeded():
     def strip(rows):
         return [{k: v for k, v in r.items() if k != "image"} | {"png": r["image"]["bytes"]} for r in rows]

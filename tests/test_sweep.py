@@ -16,7 +16,8 @@ from mf_harness.leaderboard import compare_records, cross_model_table, render_ma
 from mf_harness.records import build_records, read_records, write_records
 from mf_harness.spec import Head
 from mf_harness.stats import paired_difference, summarize
-from mf_harness.sweep import Cell, SweepConfig, plan_cells, random_matched
+from mf_harness.errors import MfHarnessError
+from mf_harness.sweep import Cell, SweepConfig, plan_cells, random_any, random_matched
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +58,32 @@ def test_random_controls_match_layers_avoid_targets_and_are_reproducible():
     # a layer whose heads are all targeted falls back to the whole layer
     full = [Head(0, h) for h in range(4)]
     assert sorted(random_matched(full, num_heads=4, seed=2)) == full
+
+
+def test_random_any_draws_from_every_layer_avoids_targets_and_is_reproducible():
+    targeted = [Head(0, h) for h in range(8)]  # a whole layer: the layer-matched control would be the same set
+    sets = [random_any(targeted, num_layers=4, num_heads=8, seed=s) for s in range(20)]
+    assert sets[0] == random_any(targeted, num_layers=4, num_heads=8, seed=0)
+    assert len(set(sets)) == 20
+    for a in sets:
+        assert len(a) == 8 and len(set(a)) == 8 and not set(a) & set(targeted)
+        assert all(0 <= h.layer < 4 and 0 <= h.head < 8 for h in a)
+    assert {h.layer for a in sets for h in a} == {1, 2, 3}
+    # more targeted heads than the rest of the model: draw from all heads
+    everything = [Head(l, h) for l in range(2) for h in range(2)]
+    assert sorted(random_any(everything[:3], num_layers=2, num_heads=2, seed=1)) != []
+
+
+def test_plan_cells_random_any_and_unknown_controls():
+    rank = {"text": [Head(0, 0), Head(0, 1)], "vision": [Head(1, 0)]}
+    cfg = SweepConfig(ks=[2], seeds=3, controls=["random_any"])
+    cells = plan_cells(cfg, rank, num_layers=2, num_heads=2)
+    rnd = [c for c in cells if c.head_set == "random_any"]
+    assert len(rnd) == 2 * 3 and not [c for c in cells if c.head_set == "random"]
+    t = next(c for c in rnd if c.follow == "text")
+    assert set(t.heads) <= {Head(1, 0), Head(1, 1)} and len(t.heads) == 2
+    with pytest.raises(MfHarnessError, match="unknown control.*random_any"):
+        plan_cells(SweepConfig(controls=["randm"]), rank, num_layers=2, num_heads=2)
 
 
 def test_plan_cells_grid():
@@ -125,6 +152,33 @@ def test_records_protocol_subsets_pooled_random_and_paired_difference():
     assert diff["ci_high"] <= 0.0
     (fail,) = get(head_set="targeted", metric="mfr", subset="failed")
     assert fail["value"] == 0.0 and fail["n"] == 2
+
+
+def test_records_pair_each_random_control_separately():
+    orig = [1, 1, 1, 1]
+    results = [
+        _result(_meta("original"), orig),
+        _result(_meta("targeted", 2), [0, 0, 1, 0]),
+        _result(_meta("random", 2, 0), [0, 1, 1, 0]),
+        _result(_meta("random_any", 2, 0), [1, 1, 1, 1]),
+        _result(_meta("random_any", 2, 1), [1, 1, 1, 0]),
+    ]
+    manifest = {"config": SweepConfig(model_args="pretrained=m1").to_dict(), "created": "2026-01-01T00:00:00+00:00",
+                "versions": {}, "git": None}
+    recs = build_records(results, manifest)
+    get = lambda **kw: [r for r in recs if all(r[k] == v for k, v in kw.items())]  # noqa: E731
+    (m,) = get(head_set="targeted-random", subset="followed")
+    (a,) = get(head_set="targeted-random_any", subset="followed")
+    assert m["value"] == pytest.approx(-0.25) and m["n_seeds"] == 1  # [0, -1, 0, 0]
+    assert a["value"] == pytest.approx(-0.625) and a["n_seeds"] == 2  # [-1, -1, 0, -0.5]
+    (pa,) = get(head_set="random_any", seed=None, subset="followed")
+    assert pa["value"] == pytest.approx(0.875)
+    (table,) = specificity_tables(recs)
+    assert "vs random (layer-matched) [95% CI]" in table["columns"] and "vs random (any layer) [95% CI]" in table["columns"]
+    tgt = next(r for r in table["rows"] if r[0] == "targeted")
+    i = table["columns"].index("vs random (any layer) [95% CI]")
+    assert tgt[i].startswith("-62.5")
+    assert any(r[0] == "random (any layer) (pooled, 2 seeds)" for r in table["rows"])
 
 
 def test_tables_and_round_trip(tmp_path):

@@ -9,8 +9,9 @@ prompts from the task's ``doc_to_text`` / ``doc_to_visual``, rendering and encod
   ``question``, ``prompt_text`` (the whole user text) and ``last`` (final prompt position);
 * **entity dictionaries** as token ids: E_c (instruction-compliant answer) and E_o
   (competing answer). Each surface form is represented by its first token, as in the
-  paper; the form is taken as written and capitalised (answers start the assistant turn,
-  so no leading space). A token in both dictionaries cannot tell the sides apart and is
+  paper; the form is taken as written and capitalised, each bare (answers start the
+  assistant turn) and space-prefixed (a tokenizer may write the first word with its
+  space, as the embedded checkpoint does: ``" red"``). A token in both dictionaries cannot tell the sides apart and is
   dropped from both. The paper also added Chinese forms (Qwen's logit lens often decodes
   to Chinese): pass ``extra_forms={"blue": ["蓝", "蓝色"], ...}`` to add surface forms.
 """
@@ -68,7 +69,8 @@ def load_task_docs(task: str, limit: int | None = None):
 def _first_tokens(tokenizer, forms: Sequence[str]) -> list[int]:
     out: list[int] = []
     for f in forms:
-        for variant in (f, f[:1].upper() + f[1:]):
+        cap = f[:1].upper() + f[1:]
+        for variant in (f, cap, " " + f, " " + cap):
             ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
             if ids and ids[0] not in out:
                 out.append(ids[0])

@@ -1,30 +1,22 @@
 """Rebuild the embedded checkpoint: ``python -m mf_harness.embedded.build``.
 
-Random weights from a fixed seed (a trained model replaces this later); the
-tokenizer is trained on the generic corpus plus the MFR prompt vocabulary.
+Retrains it from scratch (`mf_harness.train`, CPU, deterministic: same seed and thread
+count give bit-identical weights on the same machine), re-measures it, and rewrites its
+``MODEL_CARD.md``, ``mf_harness_train.json`` and the head-set specs under ``interventions/``.
+Extra arguments go to ``python -m mf_harness.train`` (``--eval-only`` re-measures the
+shipped weights without retraining).
 """
 
 from __future__ import annotations
 
-import shutil
-
-from mf_harness.embedded import EMBEDDED_NAME
-from mf_harness.tiny import TinyConfig, build_tiny_vlm
-
-CONFIG = TinyConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=128, vision_depth=1, vision_hidden_size=32, vocab_target=500, seed=1234,
-                    attn_implementation="sdpa")
+import sys
 
 
-def main() -> None:
-    from pathlib import Path
+def main(argv: list[str] | None = None) -> int:
+    from mf_harness.train import main as train_main
 
-    out = Path(__file__).resolve().parent / EMBEDDED_NAME
-    if out.exists():
-        shutil.rmtree(out)
-    build_tiny_vlm(out, CONFIG)
-    print(out)
+    return train_main(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
