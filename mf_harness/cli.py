@@ -314,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train-embedded"]:  # every option (--help included) belongs to the trainer's own parser
+        from mf_harness.train import main as train_main
+
+        return int(train_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     if args.command in ("discover", "lens", "knockout", "sweep", "compare"):
         from loguru import logger

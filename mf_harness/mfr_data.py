@@ -53,6 +53,7 @@ __all__ = [
     "synthetic_dataset",
     "write_synthetic",
     "bundled_synthetic_path",
+    "draw_shape",
     "main",
 ]
 
@@ -208,7 +209,7 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 10) -> 
     return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)  # type: ignore[return-value]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int, fill) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int, fill) -> None:
     if shape == "square":
         draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "circle":
@@ -231,7 +232,7 @@ def _render(
     draw = ImageDraw.Draw(im)
     fill = _jitter(COLORS[color], rng)
     for (cx, cy), r in zip(centres, radius):
-        _draw_shape(draw, shape, cx, cy, r, fill)
+        draw_shape(draw, shape, cx, cy, r, fill)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return buf.getvalue()

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mf_harness.errors import MfHarnessError
+from mf_harness.provenance import git_hash, package_versions
 from mf_harness.spec import Head, InterventionSpec
 
 __all__ = ["SweepConfig", "Cell", "plan_cells", "run_sweep", "random_matched", "random_any", "load_rankings",
@@ -233,28 +234,6 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _git_hash() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except Exception:
-        return None
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("mf-harness", "lmms-eval", "lm-eval", "transformers", "torch"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def _run_cell(lm, cell: Cell, cfg: SweepConfig, out: Path, task_manager, run_id: str | None = None) -> dict:
     from lmms_eval import evaluator
     from lmms_eval.loggers import EvaluationTracker
@@ -398,7 +377,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True) -> dict:
     else:
         manifest = {"config": cfg.to_dict(),
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "git": _git_hash(), "versions": _versions()}
+                    "git": git_hash(), "versions": package_versions()}
         _atomic_write(manifest_path, json.dumps(manifest, indent=2))
     args = simple_parse_args_string(cfg.model_args)
     lm = IntervenedQwen(batch_size=cfg.batch_size, **{k: v for k, v in args.items() if k != "batch_size"})

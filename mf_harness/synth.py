@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 
 from mf_harness.mfr import FORMAT_INSTRUCTION, INSTRUCTIONS, render_prompt
 from mf_harness.mfr_data import COLORS, IMAGE_SIZE, NUMBER_WORDS, PLURAL, SHAPES, SYNONYMS
+from mf_harness.mfr_data import draw_shape as _draw  # the eval set's geometry
 
 __all__ = [
     "KINDS",
@@ -132,22 +133,6 @@ def answer_words() -> dict[str, tuple[str, ...]]:
 
 
 # ---------------------------------------------------------------------------- images
-
-
-def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int, fill) -> None:
-    # the geometry of mfr_data's drawings
-    if shape == "square":
-        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    elif shape == "cross":
-        t = max(2, round(r * 0.35))
-        draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=fill)
-        draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
 
 
 def _image(shape: str, color: str, count: int | None, rng: random.Random) -> Image.Image:

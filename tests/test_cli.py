@@ -144,3 +144,9 @@ def test_unknown_phrasing_inside_process_docs_is_unwrapped(tmp_path):
     assert p.returncode == 1
     assert "mf-harness: error: MF_HARNESS_INSTRUCTION: unknown instruction phrasing 'bogus'" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_train_embedded_help_is_the_trainers():
+    p = subprocess.run([str(BIN / "mf-harness"), "train-embedded", "--help"], capture_output=True, text=True, env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert "--eval-only" in p.stdout and "--route-prob" in p.stdout and "discover" not in p.stdout

@@ -203,3 +203,39 @@ def test_demo_targeted_heads_beat_random_heads_at_the_instruction_tokens(tmp_pat
         row = next(line for line in p.stdout.splitlines() if line.split()[:3] == ["instruction", follow, str(k)])
         assert f"{100 * d['value']:+6.1f}" in row, row
     assert "Where to look next" in p.stdout and (tmp_path / "demo" / "demo_mfr_vs_k.png").is_file()
+
+
+def test_the_harness_lens_reproduces_the_cards_ldar(record, tmp_path):
+    """`mf-harness lens` (the harness's analysis, through the lmms-eval task) gives the card's LDAR by layer
+    at the instruction tokens (top-3 readout) and at the last position (the card is written by the trainer's
+    own, independent implementation)."""
+    from mf_harness.analysis.report import lens
+
+    t = lens("pretrained=embedded", tmp_path, progress=False)["ldar"]
+    t = t[t.subset == "all"]
+    card = record["evaluation"]["ldar"]
+    for follow in ("text", "vision"):
+        for site in ("instruction", "last"):
+            mine = t[(t.follow == follow) & (t.site == site)].sort_values("layer").ldar.tolist()
+            assert len(mine) == len(card[follow][site])
+            assert all(abs(a - b) <= 0.02 for a, b in zip(mine, card[follow][site])), (follow, site, mine, card)
+
+
+def test_the_harness_knockouts_find_the_route_through_the_instruction(tmp_path):
+    """Attention knockout (`mf-harness knockout`, one layer at a time): the followed modality reaches the
+    answer through the instruction tokens in layer 0; cutting its direct edges to the last position, in
+    any layer, changes nothing."""
+    from mf_harness.analysis.report import knockout
+
+    pairs = [("context", "instruction"), ("image", "instruction"), ("context", "last"), ("image", "last")]
+    a = knockout("pretrained=embedded", tmp_path, pairs=pairs, limit=48, window=1, progress=False)["nssd"]
+
+    def after(follow, src, dest, layer=None):
+        g = a[(a.follow == follow) & (a.src == src) & (a.dest == dest)]
+        assert (g.mfr_before == 1.0).all() and len(g) == 4
+        return g.mfr_after.tolist() if layer is None else float(g[g.layer == layer].mfr_after.iloc[0])
+
+    assert after("text", "context", "instruction", 0) <= 0.6
+    assert after("vision", "image", "instruction", 0) <= 0.8
+    assert min(after("text", "context", "last")) >= 0.98
+    assert min(after("vision", "image", "last")) >= 0.98

@@ -20,19 +20,12 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 from typing import Sequence
 
+from mf_harness.provenance import git_hash
+
 __all__ = ["discover", "lens", "knockout", "load_lm_and_samples"]
-
-
-def _git_hash() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except Exception:
-        return None
 
 
 def _docs_hash(samples) -> str:
@@ -76,7 +69,7 @@ def _provenance(lm, args, samples, tasks, method, params) -> dict:
         "params": params,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "mf_harness": mf_harness.__version__,
-        "git": _git_hash(),
+        "git": git_hash(),
     }
 
 
