@@ -163,7 +163,7 @@ def _cmd_sweep(args) -> int:
                           scopes=args.scopes.split(","), follows=args.follows.split(","),
                           controls=[c for c in args.controls.split(",") if c],
                           capability_tasks=[t for t in args.capability_tasks.split(",") if t], limit=args.limit,
-                          batch_size=args.batch_size, name=args.name, engine=args.engine)
+                          batch_size=args.batch_size, name=args.name, engine=args.engine, mfr_task=args.mfr_task)
     r = run_sweep(cfg, args.output_dir, progress=not args.no_progress)
     from mf_harness.leaderboard import render_markdown, specificity_tables, write_leaderboard
 
@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--name", default="sweep")
+    s.add_argument("--mfr-task", default="mfr",
+                   help="MFR task family scored per direction: <name>_text / <name>_vision (mfr, mfr_mc2, mfr_dev, ...)")
     s.add_argument("--engine", choices=["fast", "lmms"], default="fast",
                    help="fast: every spec of a sample in one prefix-shared batch; lmms: one lmms-eval run per cell")
     s.add_argument("--output-dir", required=True, type=Path)

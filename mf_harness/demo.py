@@ -94,7 +94,7 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
     print("-" * len(head))
     for scope in cfg.scopes:
         for follow in cfg.follows:
-            task = f"mfr_{follow}"
+            task = cfg.mfr_task_for(follow)
             base = dict(task=task, metric="mfr", subset="followed")
             o = get(head_set="original", **base)
             for k in sorted({x["k"] for x in recs if x["head_set"] == "targeted"}):

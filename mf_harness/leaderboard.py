@@ -61,6 +61,14 @@ def _is_fraction(value) -> bool:
     return value is not None and 0.0 <= value <= 1.0
 
 
+def mfr_task(records: Sequence[dict], follow: str) -> str:
+    """The MFR task the records score ``follow``-direction head sets on (``mfr_text``, ``mfr_mc2_text``, ...)."""
+    for r in records:
+        if r["head_set"] == "targeted" and r["follow"] == follow and r["metric"] == "mfr" and r["task"].startswith("mfr"):
+            return r["task"]
+    return f"mfr_{follow}"
+
+
 def specificity_tables(records: Sequence[dict]) -> list[dict]:
     """One table per (follow, intervention, coefficient, scope): {title, columns, rows}."""
     tables = []
@@ -68,7 +76,7 @@ def specificity_tables(records: Sequence[dict]) -> list[dict]:
                      if r["head_set"] == "targeted"}, key=str)
     cap = sorted({(r["task"], r["metric"]) for r in records if not r["task"].startswith("mfr")})
     for follow, action, coef, scope in combos:
-        task = f"mfr_{follow}"
+        task = mfr_task(records, follow)
         subset = PROTOCOL[action]
         orig = _one(records, head_set="original", task=task, metric="mfr", subset=subset)
         orig_full = _one(records, head_set="original", task=task, metric="mfr", subset="full")
@@ -188,7 +196,7 @@ def plot_mfr_vs_k(records: Sequence[dict], path: Path) -> Path | None:
     for ax, (follow, action, coef, scope) in zip(axes[0], combos):
         subset = PROTOCOL[action]
         base = dict(follow=follow, intervention=action, coefficient=None if action == "block" else coef,
-                    scope=scope, task=f"mfr_{follow}", metric="mfr", subset=subset)
+                    scope=scope, task=mfr_task(records, follow), metric="mfr", subset=subset)
         for hs, style in (("targeted", "o-"), ("random", "s--"), ("random_any", "v-."), ("layers", "^:")):
             rs = sorted((r for r in _find(records, head_set=hs, **base) if r["seed"] is None
                          and r["value"] is not None), key=lambda r: r["k"])
@@ -200,7 +208,7 @@ def plot_mfr_vs_k(records: Sequence[dict], path: Path) -> Path | None:
                 ax.fill_between(ks, [r["ci_low"] * 100 for r in rs], [r["ci_high"] * 100 for r in rs], alpha=0.2)
         for r in (x for x in _find(records, head_set="shared", **base) if x["value"] is not None):
             ax.errorbar([r["k"]], [r["value"] * 100], fmt="D", label=f"shared ({r['k']})")
-        o = _one(records, head_set="original", task=f"mfr_{follow}", metric="mfr", subset=subset)
+        o = _one(records, head_set="original", task=mfr_task(records, follow), metric="mfr", subset=subset)
         if o and o["value"] is not None:
             ax.axhline(o["value"] * 100, color="grey", ls="--", lw=0.8, label="original")
         what = "block" if action == "block" else f"amplify x{coef:g}"

@@ -117,7 +117,7 @@ def build_records(results: list[dict], manifest: dict, lm=None) -> list[dict]:
             rand = groups.get((control, m["follow"], m["k"], m["intervention"], m["coefficient"], m["scope"]), [])
             if not rand:
                 continue
-            task = f"mfr_{m['follow']}"
+            task = f"{cfg.get('mfr_task', 'mfr')}_{m['follow']}"
             subsets = _subsets(baseline, task)
             tgt = per_sample[(m["spec_hash"], task)]
             seeds = [per_sample[(x["meta"]["spec_hash"], task)] for x in rand]

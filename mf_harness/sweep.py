@@ -2,7 +2,7 @@
 
 A sweep crosses head sets x k x intervention (block, amplify at each coefficient) x scope,
 and evaluates each cell on the MFR task of the head set's direction (``mfr_text`` for
-text-following heads) plus any capability tasks. Head sets per direction:
+text-following heads; ``mfr_task="mfr_mc2"`` gives ``mfr_mc2_text``) plus any capability tasks. Head sets per direction:
 
 * ``targeted``: the top-k heads of a ranking (``heads.csv`` from ``mf-harness discover``);
 * ``random``: k random heads **matched layer by layer** to the targeted set (same number of
@@ -77,6 +77,10 @@ class SweepConfig:
     batch_size: int = 8
     name: str = "sweep"
     engine: str = "fast"  # fast: all specs of a sample in one prefix-shared batch; lmms: one lmms-eval run per cell
+    mfr_task: str = "mfr"  # MFR task family: <mfr_task>_text / <mfr_task>_vision (mfr, mfr_mc2, mfr_dev, your own)
+
+    def mfr_task_for(self, follow: str) -> str:
+        return f"{self.mfr_task}_{follow}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,13 +202,16 @@ def plan_cells(cfg: SweepConfig, rankings: dict[str, list[Head]], num_layers: in
     if missing:
         raise MfHarnessError(f"no ranking for direction(s) {sorted(missing)} in {cfg.rankings}")
     ks = sorted({min(k, total) for k in cfg.ks})
-    all_tasks = tuple(f"mfr_{f}" for f in cfg.follows) + tuple(cfg.capability_tasks)
+    if not cfg.mfr_task.startswith("mfr"):
+        raise MfHarnessError(f"mfr_task must name an MFR task family starting with 'mfr' (mfr, mfr_mc2, mfr_dev, "
+                             f"mfr_<yours> with tasks mfr_<yours>_text / _vision); got {cfg.mfr_task!r}")
+    all_tasks = tuple(cfg.mfr_task_for(f) for f in cfg.follows) + tuple(cfg.capability_tasks)
     cells = [Cell("original", None, None, None, "none", None, None, (), all_tasks)]
     actions = ([("block", None)] if cfg.block else []) + [("amplify", float(c)) for c in cfg.coefficients]
     for scope in cfg.scopes:
         for action, coef in actions:
             for f in follows:
-                tasks = (f"mfr_{f}",) + tuple(cfg.capability_tasks)
+                tasks = (cfg.mfr_task_for(f),) + tuple(cfg.capability_tasks)
                 for k in ks:
                     top = tuple(sorted(rankings[f][:k]))
                     cells.append(Cell("targeted", f, k, None, action, coef, scope, top, tasks))

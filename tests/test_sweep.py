@@ -300,3 +300,31 @@ def test_compare_cli_passes_then_fails_on_an_edited_baseline(tmp_path, rankings)
                          capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 1
     assert "REGRESSION" in bad.stdout and "neither" in bad.stdout
+
+
+def test_sweep_on_another_mfr_task_family(tmp_path, rankings):
+    """`--mfr-task mfr_dev` scores every cell on mfr_dev_<follow> (same docs as lmms-eval's own run of it),
+    and the records, pooled controls and tables follow that task."""
+    out = tmp_path / "dev"
+    p = subprocess.run([str(BIN / "mf-harness"), "sweep", "--rankings", str(rankings), "--k", "1", "--seeds", "2",
+                        "--follows", "text", "--controls", "random,random_any", "--limit", "6",
+                        "--mfr-task", "mfr_dev", "--output-dir", str(out), "--name", "dev", "--no-progress"],
+                       capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    _, recs = read_records(out / "records.jsonl")
+    assert {r["task"] for r in recs} == {"mfr_dev_text"}
+    assert {r["head_set"] for r in recs} >= {"original", "targeted", "random", "random_any", "targeted-random",
+                                             "targeted-random_any"}
+    # the original cell's per-sample answers are lmms-eval's own on mfr_dev_text
+    from mf_harness.demo import run_mfr
+
+    direct = run_mfr("pretrained=embedded", tasks=("mfr_dev_text",), limit=6)["mfr_dev_text"]
+    (o,) = [r for r in recs if r["head_set"] == "original" and r["metric"] == "mfr" and r["subset"] == "full"]
+    assert o["value"] == pytest.approx(direct["mfr"]) and o["n"] == 6
+    (table,) = specificity_tables(recs)
+    followed = round(o["value"] * 6)  # the blocking table is read on the samples the original model follows
+    assert table["rows"][0][2].endswith(f"(n={followed})")
+    bad = subprocess.run([str(BIN / "mf-harness"), "sweep", "--rankings", str(rankings), "--mfr-task", "textvqa",
+                          "--output-dir", str(tmp_path / "bad")], capture_output=True, text=True,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)
+    assert bad.returncode == 2 and "mfr_task must name an MFR task family" in bad.stderr
