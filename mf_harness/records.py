@@ -15,7 +15,8 @@ MFR metrics are summarised from per-sample outcomes (mean, standard error, boots
 protocol subsets). Capability metrics keep lmms-eval's aggregate and stderr (corpus metrics
 such as CIDEr are not means of per-sample values); their CI is bootstrapped only for metrics
 that are per-sample means. ``random`` / ``random_any`` records with ``seed = null`` pool
-the seeds (each sample's outcome averaged over seeds); ``targeted-random`` /
+the seeds (MFR: each sample's outcome averaged over seeds; capability metrics: the mean of the
+seeds' aggregates, with ``seed_sd``); ``targeted-random`` /
 ``targeted-random_any`` records hold the paired difference targeted - control on the same
 samples. Tables and plots are pure functions of
 records.
@@ -124,6 +125,17 @@ def build_records(results: list[dict], manifest: dict, lm=None) -> list[dict]:
             pooled_meta = dict(rand[0]["meta"], seed=None, spec_name=f"{m['follow']}-{control}-k{m['k']}-pooled",
                                spec_hash=None, heads=None)
             diff_meta = dict(m, head_set=f"targeted-{control}", spec_name=f"{m['spec_name']} - {control}")
+            # capability metrics of the control: the mean over seeds of each seed's aggregate (corpus
+            # metrics such as CIDEr are not per-sample means, so seeds are pooled at the aggregate)
+            for ctask in sorted({t for x in rand for t in x["tasks"] if not t.startswith("mfr")}):
+                for metric in sorted({mm for x in rand for mm in x["tasks"].get(ctask, {}).get("metrics", {})}):
+                    vals = [x["tasks"][ctask]["metrics"].get(metric) for x in rand if ctask in x["tasks"]]
+                    vals = [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+                    if vals:
+                        emit(pooled_meta, ctask, metric, "full",
+                             {"value": sum(vals) / len(vals), "stderr": None, "ci_low": None, "ci_high": None,
+                              "n": rand[0]["tasks"][ctask].get("n")},
+                             n_seeds=len(vals), seed_sd=_clean(seed_spread(vals)))
             for subset, ids in subsets.items():
                 pooled = [sum(s[i] for s in seeds) / len(seeds) for i in ids]
                 seed_means = [sum(s[i] for i in ids) / len(ids) if ids else math.nan for s in seeds]

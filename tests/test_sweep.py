@@ -328,3 +328,27 @@ def test_sweep_on_another_mfr_task_family(tmp_path, rankings):
                           "--output-dir", str(tmp_path / "bad")], capture_output=True, text=True,
                          env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)
     assert bad.returncode == 2 and "mfr_task must name an MFR task family" in bad.stderr
+
+
+def test_random_controls_pool_capability_metrics_over_seeds():
+    def with_cap(res, acc):
+        res["tasks"]["cap"] = {"metrics": {"acc": acc}, "stderr": {"acc": 0.01}, "n": 10,
+                               "samples": {str(i): {"acc": float(i < acc * 10)} for i in range(10)}}
+        return res
+
+    results = [
+        with_cap(_result(_meta("original"), [1, 1, 1, 1]), 0.8),
+        with_cap(_result(_meta("targeted", 2), [0, 0, 1, 0]), 0.7),
+        with_cap(_result(_meta("random", 2, 0), [1, 1, 1, 0]), 0.6),
+        with_cap(_result(_meta("random", 2, 1), [1, 1, 1, 1]), 0.9),
+    ]
+    manifest = {"config": SweepConfig(model_args="pretrained=m1").to_dict(), "created": "2026-01-01T00:00:00+00:00",
+                "versions": {}, "git": None}
+    recs = build_records(results, manifest)
+    (pooled,) = [r for r in recs if r["head_set"] == "random" and r["seed"] is None and r["task"] == "cap"]
+    assert pooled["value"] == pytest.approx(0.75) and pooled["n_seeds"] == 2
+    assert pooled["seed_sd"] == pytest.approx(np.std([0.6, 0.9], ddof=1))
+    (table,) = specificity_tables(recs)
+    row = next(r for r in table["rows"] if r[0].startswith("random (layer-matched)"))
+    cell = row[table["columns"].index("cap/acc")]
+    assert cell.startswith("75.0") and "-5.0" in cell, cell
