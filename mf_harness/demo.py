@@ -74,7 +74,7 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
         shutil.rmtree(out)
     print(f"mf-harness demo: modality following on the embedded checkpoint\n  ({embedded_path()})")
     print(f"  heads ranked by `mf-harness discover` ({DEMO_DIR / 'heads.csv'}); k = {cfg.ks}, "
-          f"{cfg.seeds} random seeds, scopes {cfg.scopes}\n")
+          f"{cfg.seeds} random seeds, scopes {cfg.scopes}")
     t0 = time.time()
     r = run_sweep(cfg, out, progress=True)
     recs = r["records"]
