@@ -54,6 +54,7 @@ __all__ = [
     "write_synthetic",
     "bundled_synthetic_path",
     "draw_shape",
+    "mfr_row",
     "main",
 ]
 
@@ -242,6 +243,23 @@ def _other(rng: random.Random, choices: Sequence[str], not_this: str) -> str:
     return rng.choice([c for c in choices if c != not_this])
 
 
+def mfr_row(sample_id: str, image_id: str, kind: str, question: str, vision: str, text: str, context: str,
+            image: Any) -> dict[str, Any]:
+    """One row of the parquet form of the schema (MC2's fields, synonyms, the image)."""
+    return {
+        "sample_id": sample_id,
+        "image_id": image_id,
+        "task": kind,
+        "question": question,
+        "answer_vision": vision,
+        "answer_text": text,
+        "context": context,
+        "answer_vision_synonyms": list(SYNONYMS.get(vision, ())),
+        "answer_text_synonyms": list(SYNONYMS.get(text, ())),
+        "image": image,
+    }
+
+
 def _synthetic_row(i: int, kind: str, rng: random.Random) -> dict[str, Any]:
     shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
     mid = IMAGE_SIZE // 2
@@ -288,18 +306,8 @@ def _synthetic_row(i: int, kind: str, rng: random.Random) -> dict[str, Any]:
     else:  # pragma: no cover - SYNTHETIC_KINDS is closed
         raise ValueError(kind)
 
-    return {
-        "sample_id": f"syn-{i:04d}-{kind}",
-        "image_id": f"syn-{i:04d}",
-        "task": kind,
-        "question": question,
-        "answer_vision": vision,
-        "answer_text": text,
-        "context": context,
-        "answer_vision_synonyms": list(SYNONYMS.get(vision, ())),
-        "answer_text_synonyms": list(SYNONYMS.get(text, ())),
-        "image": {"bytes": png, "path": None},
-    }
+    return mfr_row(f"syn-{i:04d}-{kind}", f"syn-{i:04d}", kind, question, vision, text, context,
+                   {"bytes": png, "path": None})
 
 
 def synthetic_rows(seed: int = SYNTHETIC_SEED, per_kind: int = SYNTHETIC_PER_KIND) -> Iterator[dict[str, Any]]:

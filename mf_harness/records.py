@@ -118,7 +118,7 @@ def build_records(results: list[dict], manifest: dict, lm=None) -> list[dict]:
             rand = groups.get((control, m["follow"], m["k"], m["intervention"], m["coefficient"], m["scope"]), [])
             if not rand:
                 continue
-            task = f"{cfg.get('mfr_task', 'mfr')}_{m['follow']}"
+            task = next(t for t in r["tasks"] if t.startswith("mfr"))  # the cell's own MFR task
             subsets = _subsets(baseline, task)
             tgt = per_sample[(m["spec_hash"], task)]
             seeds = [per_sample[(x["meta"]["spec_hash"], task)] for x in rand]

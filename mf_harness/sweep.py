@@ -58,8 +58,6 @@ __all__ = ["SweepConfig", "Cell", "plan_cells", "run_sweep", "random_matched", "
 
 CONTROLS = ("random", "random_any", "shared", "layers")
 
-MFR_METRICS = ("mfr", "competing", "neither")
-
 
 @dataclass
 class SweepConfig:

@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw
 from mf_harness.mfr import FORMAT_INSTRUCTION, INSTRUCTIONS, render_prompt
 from mf_harness.mfr_data import COLORS, IMAGE_SIZE, NUMBER_WORDS, PLURAL, SHAPES, SYNONYMS
 from mf_harness.mfr_data import draw_shape as _draw  # the eval set's geometry
+from mf_harness.mfr_data import mfr_row
 
 __all__ = [
     "KINDS",
@@ -201,16 +202,7 @@ def make_row(
     weights = [len(options) - 1 if o == INSTRUCTIONS["paper"][follow] else 1 for o in options]
     instruction = rng.choices(options, weights=weights)[0]
     return {
-        "sample_id": sample_id,
-        "image_id": sample_id,
-        "task": kind,
-        "question": question,
-        "answer_vision": vision,
-        "answer_text": text,
-        "context": ctx,
-        "answer_vision_synonyms": list(SYNONYMS.get(vision, ())),
-        "answer_text_synonyms": list(SYNONYMS.get(text, ())),
-        "image": image,
+        **mfr_row(sample_id, sample_id, kind, question, vision, text, ctx, image),
         "follow": follow,
         "instruction": instruction,
         "format_instruction": FORMAT_INSTRUCTION,

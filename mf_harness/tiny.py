@@ -235,7 +235,7 @@ def build_tokenizer(special_tokens: list[str], vocab_target: int = 400, extra_te
 
 
 def _text_config(cfg: TinyConfig, tokenizer, **extra) -> dict[str, Any]:
-    """The text model's sizes, shared by the non-Qwen builders."""
+    """The text model's sizes, shared by every builder (``extra`` overrides)."""
     d = dict(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -275,16 +275,9 @@ def _qwen_config(cfg: TinyConfig, tokenizer):
     hw = (half - t) // 2
     mrope = [t, hw, half - t - hw]
     ids = {t_: tokenizer.convert_tokens_to_ids(t_) for t_ in QWEN_SPECIAL_TOKENS}
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
+    text = _text_config(
+        cfg, tokenizer,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
-        tie_word_embeddings=False,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],

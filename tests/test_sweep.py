@@ -71,7 +71,8 @@ def test_random_any_draws_from_every_layer_avoids_targets_and_is_reproducible():
     assert {h.layer for a in sets for h in a} == {1, 2, 3}
     # more targeted heads than the rest of the model: draw from all heads
     everything = [Head(l, h) for l in range(2) for h in range(2)]
-    assert sorted(random_any(everything[:3], num_layers=2, num_heads=2, seed=1)) != []
+    drawn = random_any(everything[:3], num_layers=2, num_heads=2, seed=1)
+    assert len(drawn) == len(set(drawn)) == 3 and set(drawn) <= set(everything)
 
 
 def test_plan_cells_random_any_and_unknown_controls():
