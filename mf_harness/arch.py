@@ -41,7 +41,7 @@ from typing import Any
 
 import torch.nn as nn
 
-__all__ = ["ArchRow", "ARCH", "MODEL_NAMES", "arch_for", "resolve", "HeadGeometry", "geometry"]
+__all__ = ["ArchRow", "ARCH", "MODEL_NAMES", "arch_for", "resolve", "text_decoder", "HeadGeometry", "geometry"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,17 @@ def geometry(model_or_config) -> HeadGeometry:
     heads = tc.num_attention_heads
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
     return HeadGeometry(tc.num_hidden_layers, heads, head_dim)
+
+
+def text_decoder(model: nn.Module) -> nn.Module:
+    """The text decoder that holds the layers (every forward of the model, the inner model or the
+    language model alone runs through it once)."""
+    row = arch_for(model)
+    path = row.layers.rsplit(".", 1)[0] if "." in row.layers else ""
+    try:
+        return _get(model, path)
+    except (AttributeError, IndexError, TypeError) as e:
+        raise RuntimeError(f"{row.family}: text decoder not found at {path!r} ({e})") from e
 
 
 def resolve(model: nn.Module) -> tuple[ArchRow, list[nn.Module], list[nn.Module], list[nn.Linear]]:

@@ -113,6 +113,7 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
                            and x["subset"] == "followed"), None)
                 print(f"{line} {_pct(sh and sh['value']):>7}   (n={o and o['n']})")
     written = write_leaderboard(recs, out / "demo")
+    problems = plausibility_problems(recs)
     print(f"\n{r['cells']} cells, {r['forwards']} model forwards, {time.time() - t0:.0f}s")
     print("Where to look next:")
     print(f"  {out / 'demo.md'}               the full specificity tables (full set and protocol subsets)")
@@ -124,7 +125,36 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
     card = REPO / "mf_harness" / "embedded" / "qwen2_5_vl_tiny" / "MODEL_CARD.md"
     if card.exists():
         print(f"  {card}   how the model was trained and where it settles the conflict (LDAR by layer)")
+    if problems:
+        print("\nmf-harness demo: error: these numbers cannot come from a working install:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        print("  The embedded model and its ranking are fixed, so this means the install is broken (a package\n"
+              "  version the lock did not pin, or hooks that miss their positions). Rebuild with\n"
+              "  `make clean-venv setup`, then run `make test`.", file=sys.stderr)
+        return 1
     return 0
+
+
+def plausibility_problems(recs: list[dict]) -> list[str]:
+    """What in the demo's own records can only mean a broken install (empty when all is plausible).
+
+    The embedded model follows the instruction on held-out items (MFR 1.00 text / 0.98 vision in its card),
+    so an original MFR below 0.5 means its weights or prompts did not load as trained; and blocking the
+    top-ranked heads must change some answer, so targeted cells that all equal the original mean the
+    interventions did nothing (the failure of 2026-12-01: every cell 100.0, +0.0)."""
+    problems = []
+    full = [r for r in recs if r.get("metric") == "mfr" and r.get("subset") == "full"]
+    for r in full:
+        if r["head_set"] == "original" and r.get("value") is not None and r["value"] < 0.5:
+            problems.append(f"the original model's MFR on {r['task']} is {100 * r['value']:.1f}% (its card: "
+                            f"98-100%): the embedded checkpoint does not behave as trained")
+    originals = {r["task"]: r["value"] for r in full if r["head_set"] == "original"}
+    targeted = [r for r in full if r["head_set"] == "targeted" and r.get("value") is not None]
+    if targeted and all(abs(r["value"] - originals.get(r["task"], float("nan"))) < 1e-12 for r in targeted):
+        problems.append(f"all {len(targeted)} targeted cells equal the original model's MFR: the interventions "
+                        f"changed no answer")
+    return problems
 
 
 def _spec_demo(limit: int | None) -> int:

@@ -10,6 +10,7 @@ resolved. Importing it does three things, each small and idempotent:
    works with no ``--include_path`` and no environment variable (lmms-eval does not
    index plugin tasks by itself). ``--include_path`` keeps working alongside.
 3. ``--use_cache`` keys on a spec file's content, not its path (`_patch_response_cache`).
+5. filelock 4.3 compatibility for lmms-eval 0.7.3 (`shim_filelock_api`).
 4. Exit status: lmms-eval's CLI prints a traceback and exits 0 when an evaluation
    fails. We replace the ``traceback`` name inside ``lmms_eval.__main__`` (used only
    in that error path) so a failure prints one clear message for mf-harness input
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback as _traceback
+import types
 
 __all__ = ["manifests", "tasks_dir", "install"]
 
@@ -149,7 +151,42 @@ def _patch_response_cache() -> None:
     ResponseCache.create = wrapped
 
 
+def shim_filelock_api() -> bool:
+    """Give lmms-eval 0.7.3 the ``filelock._api`` module that filelock 4.3 removed; True if installed.
+
+    lmms-eval 0.7.3's ``evaluator._enable_reentrant_filelocks`` (run inside every
+    ``simple_evaluate``) does ``import filelock._api`` and patches ``FileLockMeta.__call__``
+    there, reading ``_UNSET_FILE_MODE``. filelock 4.3.1 (2026-11-23) moved both into
+    ``filelock._core`` (``FileLockMeta``, ``UNSET_FILE_MODE``), so every lmms-eval run fails
+    with ``ModuleNotFoundError: No module named 'filelock._api'``. This registers a module
+    ``filelock._api`` that exposes the same objects under the old names (the class itself, so
+    lmms-eval's patch lands on the real metaclass). Where ``filelock._api`` exists (filelock
+    < 4.3) it does nothing. Undo with `unshim_filelock_api`.
+    """
+    try:
+        import filelock._api  # noqa: F401
+        return False
+    except ImportError:
+        pass
+    from filelock import _core
+
+    api = types.ModuleType("filelock._api", "mf-harness alias of filelock._core for lmms-eval 0.7.3")
+    api.FileLockMeta = _core.FileLockMeta
+    api.BaseFileLock = _core.BaseFileLock
+    api._UNSET_FILE_MODE = _core.UNSET_FILE_MODE
+    api._mf_harness = True
+    sys.modules["filelock._api"] = api
+    return True
+
+
+def unshim_filelock_api() -> None:
+    """Remove the alias `shim_filelock_api` registered (nothing else)."""
+    if getattr(sys.modules.get("filelock._api"), "_mf_harness", False):
+        del sys.modules["filelock._api"]
+
+
 def install() -> None:
+    shim_filelock_api()
     _patch_task_manager()
     _patch_exit_status()
     _patch_response_cache()

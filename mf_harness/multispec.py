@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 from loguru import logger
 
-from mf_harness.hooks import HeadPlan, intervene
+from mf_harness.hooks import HeadPlan, cache_kwarg, intervene, output_cache
 from mf_harness.spec import InterventionSpec
 
 __all__ = ["MultiSpecRunner", "generation_kwargs"]
@@ -117,20 +117,15 @@ class MultiSpecRunner:
                 if hasattr(model.model, "rope_deltas"):
                     model.model.rope_deltas = None  # recomputed from this prompt by the prefix pass
                 pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
-                out = model(**pre, past_key_values=DynamicCache(config=model.config), use_cache=True)
-                prefix_cache = out.past_key_values
+                out = model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)}, use_cache=True)
+                prefix_cache = output_cache(out)
                 self.stats["prefix_passes"] += 1
             else:
                 self.stats["fallbacks"] += 1
             for start in range(0, len(specs), self.max_rows):
                 rows = slice(start, min(len(specs), start + self.max_rows))
                 R = rows.stop - rows.start
-                sub = None
-                if plan is not None:
-                    sub = HeadPlan(coef={l: c[rows] for l, c in plan.coef.items()}, mask=plan.mask[rows],
-                                   decode=plan.decode[rows])
-                    if all(float((c != 1).sum()) == 0 for c in sub.coef.values()):
-                        sub = None
+                sub = plan.rows(rows) if plan is not None else None
                 feed = {}
                 for k, v in enc.items():
                     if k in per_token:
@@ -144,7 +139,7 @@ class MultiSpecRunner:
                 if prefix_cache is not None:
                     cache = copy.deepcopy(prefix_cache)
                     cache.batch_repeat_interleave(R)
-                    feed["past_key_values"] = cache
+                    feed[cache_kwarg(model)] = cache
                 self.stats["suffix_rows"] += R
                 with intervene(model, sub):
                     out = model.generate(**feed, pad_token_id=tok.pad_token_id, use_cache=True, **stop, **kw)

@@ -13,6 +13,12 @@ os.environ.setdefault("NLTK_DATA", str(SHARED / "data" / "nltk_data"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Tests call lmms-eval's simple_evaluate directly too; give them the filelock 4.3 alias that the
+# plugin's install() gives every lmms-eval run (see mf_harness.lmms_plugin.shim_filelock_api).
+import mf_harness.lmms_plugin as _plugin  # noqa: E402
+
+_plugin.shim_filelock_api()
+
 
 def _build(tmp_path_factory, name, **cfg):
     from mf_harness.tiny import TinyConfig, build_tiny_vlm

@@ -45,7 +45,7 @@ def test_coefficient_one_is_bit_exact(tiny_dir, attn):
         for c in plan.coef.values():
             c.fill_(1.0)
         with intervene(model, plan) as handles:
-            assert len(handles) == 2 * geo.num_layers
+            assert len(handles) == 2 * geo.num_layers + 1  # per layer: attention + o_proj; one on the text decoder
             out = model(**inp).logits
     assert torch.equal(clean, out)
 
@@ -187,7 +187,7 @@ def test_no_hook_survives_run_exception_interrupt_or_nesting(tiny_qwen25_dir):
     plan = HeadPlan.build([InterventionSpec(block=["L0H0", "L3H2"])], mask, geo.num_layers, geo.num_heads)
     with torch.no_grad(), intervene(model, plan):
         model(**inp)
-        assert _hook_count(model) == before + 4 and active_handles() == 4
+        assert _hook_count(model) == before + 5 and active_handles() == 5  # 2 per layer + 1 on the text decoder
     assert _hook_count(model) == before and active_handles() == 0
     for exc in (RuntimeError("boom"), KeyboardInterrupt()):
         with pytest.raises(type(exc)):
@@ -199,8 +199,8 @@ def test_no_hook_survives_run_exception_interrupt_or_nesting(tiny_qwen25_dir):
     foreign = resolve(model)[3][2].register_forward_pre_hook(lambda m, a: None)
     with intervene(model, plan):
         with intervene(model, plan2):
-            assert active_handles() == 6
-        assert active_handles() == 4 and _hook_count(model) == before + 5
+            assert active_handles() == 8
+        assert active_handles() == 5 and _hook_count(model) == before + 6
     assert _hook_count(model) == before + 1  # the user's own hook is left alone
     foreign.remove()
     # an empty plan registers nothing

@@ -64,7 +64,7 @@ def test_prefix_cache_logits_match_full_recompute_with_mrope(tiny_qwen25_dir):
     """Model level: the suffix computed from the shared prefix cache gives the full pass's logits."""
     from transformers import DynamicCache
 
-    from mf_harness.hooks import intervene
+    from mf_harness.hooks import cache_kwarg, intervene, output_cache
 
     lm = IntervenedQwen(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56, attn_implementation="eager")
     m = lm.model
@@ -86,20 +86,20 @@ def test_prefix_cache_logits_match_full_recompute_with_mrope(tiny_qwen25_dir):
             full = m(**full_in).logits
         m.model.rope_deltas = None
         pre = {k: (v[:, :p] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v) for k, v in enc.items()}
-        cache = m(**pre, past_key_values=DynamicCache(config=m.config), use_cache=True).past_key_values
+        cache = output_cache(m(**pre, **{cache_kwarg(m): DynamicCache(config=m.config)}, use_cache=True))
         cache.batch_repeat_interleave(R)
         with intervene(m, plan):
             # no padding, so no mask: positions = cache length + arange, shifted by the prefix's rope delta
             suffix = m(input_ids=full_in["input_ids"][:, p:],
                        mm_token_type_ids=full_in["mm_token_type_ids"][:, p:], image_grid_thw=full_in["image_grid_thw"],
-                       past_key_values=cache, use_cache=True).logits
+                       **{cache_kwarg(m): cache}, use_cache=True).logits
     assert torch.allclose(suffix, full[:, p:], atol=1e-5)
     # without the prefix pass's rope deltas (plain 1-D positions) the logits would differ
     with torch.no_grad():
         m.model.rope_deltas = None
-        cache2 = m(input_ids=enc["input_ids"][:, :p], attention_mask=enc["attention_mask"][:, :p],
-                   past_key_values=DynamicCache(config=m.config), use_cache=True).past_key_values  # no image
-        wrong = m(input_ids=enc["input_ids"][:1, p:], past_key_values=cache2, use_cache=True).logits
+        cache2 = output_cache(m(input_ids=enc["input_ids"][:, :p], attention_mask=enc["attention_mask"][:, :p],
+                   **{cache_kwarg(m): DynamicCache(config=m.config)}, use_cache=True))  # no image
+        wrong = m(input_ids=enc["input_ids"][:1, p:], **{cache_kwarg(m): cache2}, use_cache=True).logits
     assert not torch.allclose(wrong[0], full[0, p:], atol=1e-3)
 
 

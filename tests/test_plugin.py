@@ -31,3 +31,24 @@ def test_install_is_idempotent():
     init = TaskManager.__init__
     plugin.install()
     assert TaskManager.__init__ is init
+
+
+def test_filelock_shim_lets_lmms_eval_patch_the_real_metaclass(tmp_path):
+    """lmms-eval 0.7.3 imports ``filelock._api`` in every ``simple_evaluate``; filelock 4.3 removed it.
+    This fails when either upstream changes: lmms-eval stops importing it (drop the shim) or filelock
+    moves the metaclass again (the alias would point at nothing)."""
+    import inspect
+
+    import filelock
+    from datasets.utils import _filelock as datasets_filelock
+    from lmms_eval import evaluator
+
+    assert "filelock._api" in inspect.getsource(evaluator._enable_reentrant_filelocks)
+    plugin.shim_filelock_api()
+    import filelock._api as api
+
+    assert api.FileLockMeta is type(filelock.FileLock)
+    evaluator._enable_reentrant_filelocks()  # what simple_evaluate runs: must not raise
+    path = str(tmp_path / "x.lock")
+    # lmms-eval's fix took effect: one instance per lock path across the two FileLock classes
+    assert filelock.FileLock(path) is datasets_filelock.FileLock(path)

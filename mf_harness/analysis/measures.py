@@ -41,7 +41,7 @@ from mf_harness.analysis.lens import (
 )
 from mf_harness.analysis.samples import Sample, encode_samples
 from mf_harness.arch import geometry, resolve
-from mf_harness.hooks import HeadPlan, intervene
+from mf_harness.hooks import HeadPlan, find_cache, intervene
 from mf_harness.spec import Head, InterventionSpec
 
 __all__ = ["lens_and_attribution", "ldar_table", "ablation_effects", "cut_edges", "knockout_nssd", "nssd",
@@ -235,7 +235,7 @@ def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: S
     def pre(module, args, kwargs):
         h = args[0] if args else kwargs["hidden_states"]
         Bq, q_len = h.shape[:2]
-        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+        cache = find_cache(args, kwargs)
         offset = int(cache.get_seq_length(module.layer_idx)) if cache is not None else 0
         k_len = offset + q_len
         mask = kwargs.get("attention_mask")
