@@ -25,12 +25,12 @@ def main(reps: int = 5, n_docs: int = 8) -> None:
 
     logger.remove()
     from mf_harness.analysis import encode_samples, lens_and_attribution, load_task_docs, prepare_samples
-    from mf_harness.models import IntervenedQwen
+    from mf_harness.lmms.model import IntervenedHF
     from mf_harness.tiny import MEDIUM, build_tiny_vlm
 
     with tempfile.TemporaryDirectory() as d:
         build_tiny_vlm(d, MEDIUM)
-        lm = IntervenedQwen(pretrained=d)
+        lm = IntervenedHF(pretrained=d)
         task, docs = load_task_docs("mfr_text", limit=n_docs)
         samples = prepare_samples(lm, task, docs)
     batches = [samples[i: i + 4] for i in range(0, len(samples), 4)]

@@ -28,14 +28,14 @@ def main(reps: int = 15) -> None:
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mf_harness._compat import install_processor_shim
-    from mf_harness.arch import geometry
-    from mf_harness.hooks import HeadPlan, intervene
-    from mf_harness.spec import InterventionSpec
+    from mf_harness.lmms.patches import install_processors
+    from mf_harness.core.arch import geometry
+    from mf_harness.core.hooks import HeadPlan, intervene
+    from mf_harness.core.spec import InterventionSpec
     from mf_harness.tiny import MEDIUM, build_tiny_vlm
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    install_processor_shim()
+    install_processors()
     with tempfile.TemporaryDirectory() as d:
         path = build_tiny_vlm(d, MEDIUM)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()

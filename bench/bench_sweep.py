@@ -74,15 +74,15 @@ def main() -> None:
 
     from lmms_eval.api.instance import Instance
 
-    from mf_harness.hooks import HeadPlan, intervene
-    from mf_harness.models import IntervenedQwen
-    from mf_harness.multispec import MultiSpecRunner
-    from mf_harness.spec import Head, InterventionSpec
+    from mf_harness.core.hooks import HeadPlan, intervene
+    from mf_harness.lmms.model import IntervenedHF
+    from mf_harness.lmms.fast_engine import MultiSpecRunner
+    from mf_harness.core.spec import Head, InterventionSpec
     from mf_harness.tiny import MEDIUM, build_tiny_vlm
 
     d = tempfile.mkdtemp()
     build_tiny_vlm(d, MEDIUM)
-    lm = IntervenedQwen(pretrained=d, batch_size=N_SAMPLES)
+    lm = IntervenedHF(pretrained=d, batch_size=N_SAMPLES)
     geo = lm.geometry
     instruction = ("In case there is an inconsistency between the Text Context and the input image content, "
                    "you must rely on the text context rather than the input image content.")
@@ -103,10 +103,10 @@ def main() -> None:
         specs.append(InterventionSpec(block=heads) if rng.random() < 0.5 else
                      InterventionSpec(amplify=heads, coefficient=rng.choice([8, 10, 12])))
     gen = {"max_new_tokens": 4, "min_new_tokens": 4, "until": []}
-    images = [lm._visuals(lambda d: [d["image"]], doc, "b") for doc in docs]
+    images = [lm.visuals(lambda d: [d["image"]], doc, "b") for doc in docs]
     runner = MultiSpecRunner(lm, max_rows=N_SPECS)
-    rendered0, _ = lm.render(ctxs[0], 1)
-    n_tokens = lm._encode([rendered0], [images[0]])["input_ids"].shape[1]
+    rendered0, _ = lm.codec.render(ctxs[0], 1)
+    n_tokens = lm.codec.encode([rendered0], [images[0]])["input_ids"].shape[1]
 
     def one_pass():
         for c, im, doc in zip(ctxs, images, docs):
@@ -155,8 +155,8 @@ def main() -> None:
     model, proc, tok = lm.model, lm.processor, lm.tokenizer
 
     def plain():
-        rendered = [lm.render(c, 1)[0] for c in ctxs]
-        ims = [lm._visuals(lambda d: [d["image"]], doc, "b") for doc in docs]
+        rendered = [lm.codec.render(c, 1)[0] for c in ctxs]
+        ims = [lm.visuals(lambda d: [d["image"]], doc, "b") for doc in docs]
         inp = proc(text=rendered, images=[i[0] for i in ims], padding=True, padding_side="left", return_tensors="pt")
         with torch.inference_mode():
             out = model.generate(**inp, max_new_tokens=4, min_new_tokens=4, do_sample=False,

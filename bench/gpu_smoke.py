@@ -105,10 +105,10 @@ def main() -> None:
         sys.exit("gpu_smoke: no CUDA device")
     cuda = dev == "cuda"
 
-    from mf_harness.arch import geometry, resolve
-    from mf_harness.hooks import HeadPlan, intervene
-    from mf_harness.models import IntervenedHF
-    from mf_harness.spec import InterventionSpec
+    from mf_harness.core.arch import geometry, resolve
+    from mf_harness.core.hooks import HeadPlan, intervene
+    from mf_harness.lmms.model import IntervenedHF
+    from mf_harness.core.spec import InterventionSpec
     from mf_harness.tiny import TinyConfig, build_tiny_vlm
 
     fig: dict = {"family": args.family, "size": args.size, "torch": torch.__version__,
@@ -124,7 +124,8 @@ def main() -> None:
     docs, contexts = _docs(args.n)
 
     def load(**kw):
-        lm = IntervenedHF(pretrained=str(path), batch_size=args.batch_size, **kw)
+        kw.setdefault("batch_size", args.batch_size)
+        lm = IntervenedHF(pretrained=str(path), **kw)
         lm.task_dict = {"t": {"test": docs}}
         return lm
 
@@ -134,11 +135,11 @@ def main() -> None:
                layers=geo.num_layers, heads=geo.num_heads, head_dim=geo.head_dim)
 
     # exactness in bf16 on one left-padded batch
-    images = [lm._visuals(lambda d: [d["image"]], d, "x") for d in docs[:4]]
-    rendered, users = zip(*(lm.render(c, 1) for c in contexts[:4]))
-    enc = lm._encode(list(rendered), images).to(lm.device)
+    images = [lm.visuals(lambda d: [d["image"]], d, "x") for d in docs[:4]]
+    rendered, users = zip(*(lm.codec.render(c, 1) for c in contexts[:4]))
+    enc = lm.codec.encode(list(rendered), images).to(lm.device)
     spec = InterventionSpec(block=[(geo.num_layers // 2, 3)], scope="instruction")
-    plan = lm.build_plan([spec] * 4, list(rendered), list(users), enc["input_ids"].cpu(),
+    plan = lm.codec.plan([spec] * 4, list(rendered), list(users), enc["input_ids"].cpu(),
                          enc["attention_mask"].cpu(), docs[:4], ["x"] * 4)
     every = InterventionSpec(amplify=[(l, h) for l in range(geo.num_layers) for h in range(geo.num_heads)],
                              coefficient=1.0000001)
@@ -168,13 +169,13 @@ def main() -> None:
                                scope="instruction")
     lm.generate_until(gen[: args.batch_size])  # warm-up
     for name, s in (("clean", InterventionSpec()), ("block16", blocked)):
-        lm.spec = s
-        answers, t = _timed(lambda: lm.generate_until(gen))
-        new_tokens = sum(len(lm.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+        view = lm.with_spec(s)
+        answers, t = _timed(lambda: view.generate_until(gen))
+        new_tokens = sum(len(view.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
         fig[f"gen_{name}_s"] = round(t, 3)
         fig[f"gen_{name}_req_per_s"] = round(len(gen) / t, 2)
         fig[f"gen_{name}_new_tok_per_s"] = round(new_tokens / t, 1)
-        scores, t = _timed(lambda: lm.loglikelihood(ll))
+        scores, t = _timed(lambda: view.loglikelihood(ll))
         fig[f"ll_{name}_req_per_s"] = round(len(ll) / t, 2)
         fig[f"answers_{name}"] = answers
     fig["gen_overhead_block16"] = round(fig["gen_block16_s"] / fig["gen_clean_s"], 3)
@@ -183,9 +184,7 @@ def main() -> None:
     ref = [x for x, _ in scores]  # block16, batched
 
     # batch size 1 vs batched, bf16: log-likelihoods (continuous) and greedy answers (random weights: near-ties)
-    single = load(device=dev)
-    single.batch_size_per_gpu = 1
-    single.spec = blocked
+    single = load(device=dev, batch_size=1).with_spec(blocked)
     one = [x for x, _ in single.loglikelihood(ll[:16])]
     fig["bf16_ll_batched_vs_single_max_abs"] = max(abs(a - b) for a, b in zip(one, ref))
     k = min(16, len(gen))
@@ -194,11 +193,10 @@ def main() -> None:
     del single
 
     # device_map=auto (shards over every visible GPU)
-    del lm
+    del lm, view
     if cuda:
         torch.cuda.empty_cache()
-    sharded = load(device_map="auto")
-    sharded.spec = blocked
+    sharded = load(device_map="auto").with_spec(blocked)
     fig["device_map_devices"] = sorted({str(p.device) for p in sharded.model.parameters()})
     got = [x for x, _ in sharded.loglikelihood(ll[:16])]
     fig["device_map_ll_vs_one_device_max_abs"] = max(abs(a - b) for a, b in zip(got, ref))

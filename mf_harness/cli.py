@@ -33,7 +33,7 @@ def _cmd_embedded_path(args) -> int:
 
 
 def _cmd_spec(args) -> int:
-    from mf_harness.spec import InterventionSpec
+    from mf_harness.core.spec import InterventionSpec
 
     spec = InterventionSpec.load(args.file) if args.file else InterventionSpec()
     changes = {k: v for k, v in {
@@ -44,10 +44,10 @@ def _cmd_spec(args) -> int:
     if args.model:
         from transformers import AutoConfig
 
-        from mf_harness.arch import geometry
-        from mf_harness.models import _resolve_pretrained
+        from mf_harness.core.arch import geometry
+        from mf_harness.lmms.loading import resolve_pretrained
 
-        geo = geometry(AutoConfig.from_pretrained(_resolve_pretrained(args.model)))
+        geo = geometry(AutoConfig.from_pretrained(resolve_pretrained(args.model)))
         spec.validate_for(geo.num_layers, geo.num_heads, model_name=args.model)
         print(f"ok: fits {args.model} ({geo.num_layers} layers x {geo.num_heads} heads)", file=sys.stderr)
     if args.output:
@@ -153,7 +153,7 @@ def _ints(v: str) -> list[int]:
 def _cmd_sweep(args) -> int:
     import json
 
-    from mf_harness.sweep import SweepConfig, run_sweep
+    from mf_harness.runs.sweep import SweepConfig, run_sweep
 
     if args.config:
         cfg = SweepConfig.from_dict(json.loads(Path(args.config).read_text()))
@@ -165,7 +165,7 @@ def _cmd_sweep(args) -> int:
                           capability_tasks=[t for t in args.capability_tasks.split(",") if t], limit=args.limit,
                           batch_size=args.batch_size, name=args.name, engine=args.engine, mfr_task=args.mfr_task)
     r = run_sweep(cfg, args.output_dir, progress=not args.no_progress)
-    from mf_harness.leaderboard import render_markdown, specificity_tables, write_leaderboard
+    from mf_harness.runs.leaderboard import render_markdown, specificity_tables, write_leaderboard
 
     written = write_leaderboard(r["records"], Path(args.output_dir) / cfg.name)
     print(render_markdown(specificity_tables(r["records"])))
@@ -178,8 +178,8 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_leaderboard(args) -> int:
-    from mf_harness.leaderboard import cross_model_table, render_markdown, write_leaderboard
-    from mf_harness.records import read_records
+    from mf_harness.runs.leaderboard import cross_model_table, render_markdown, write_leaderboard
+    from mf_harness.runs.records import read_records
 
     sets = [read_records(p)[1] for p in args.records]
     if len(sets) == 1:
@@ -201,9 +201,9 @@ def _cmd_leaderboard(args) -> int:
 def _cmd_compare(args) -> int:
     import tempfile
 
-    from mf_harness.leaderboard import compare_records
-    from mf_harness.records import read_records
-    from mf_harness.sweep import SweepConfig, run_sweep
+    from mf_harness.runs.leaderboard import compare_records
+    from mf_harness.runs.records import read_records
+    from mf_harness.runs.sweep import SweepConfig, run_sweep
 
     header, baseline = read_records(args.baseline)
     if header is None:
@@ -229,7 +229,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_train_embedded(args) -> int:
-    from mf_harness.train import main as train_main
+    from mf_harness.embedded.train import main as train_main
 
     return int(train_main(args.train_args) or 0)
 
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_compare)
     s = sub.add_parser("train-embedded", help="train the embedded tiny VLM (CPU, deterministic); args go to "
-                                              "python -m mf_harness.train (see --help there)", add_help=False)
+                                              "python -m mf_harness.embedded.train (see --help there)", add_help=False)
     s.add_argument("train_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_train_embedded)
     s = sub.add_parser("demo", help="MFR on the embedded model: original vs targeted vs random heads (make demo)")
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train-embedded"]:  # every option (--help included) belongs to the trainer's own parser
-        from mf_harness.train import main as train_main
+        from mf_harness.embedded.train import main as train_main
 
         return int(train_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)

@@ -1,6 +1,6 @@
 """`make demo`: MFR on the embedded checkpoint under targeted vs random head sets.
 
-Runs, with no GPU, hub or download, a small sweep (`mf_harness.sweep`, the fast engine,
+Runs, with no GPU, hub or download, a small sweep (`mf_harness.runs.sweep`, the fast engine,
 through the lmms-eval ``mfr`` tasks) on the embedded checkpoint: the original model, the
 top-k heads of the committed ranking (``interventions/embedded/heads.csv``, written by
 ``mf-harness discover``), k random heads matched layer by layer over 5 seeds, and the shared
@@ -21,32 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "run_mfr"]
+__all__ = ["main", "plausibility_problems"]
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_DIR = REPO / "interventions" / "embedded"
+from mf_harness.interventions import INTERVENTIONS_DIR
+
+DEMO_DIR = INTERVENTIONS_DIR / "embedded"
 DEMO_SPECS = ["embedded_block_demo.json"]
-
-
-def run_mfr(model_args: str, tasks=("mfr_text", "mfr_vision"), limit: int | None = None, batch_size: int = 8):
-    """Evaluate ``intervened_qwen`` on ``tasks``; return {task: {metric: value, n, answers}}."""
-    from lmms_eval import evaluator
-    from lmms_eval.tasks import TaskManager
-
-    import mf_harness.lmms_plugin as plugin
-
-    plugin.install()
-    res = evaluator.simple_evaluate(
-        model="intervened_qwen", model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
-        task_manager=TaskManager("ERROR"), verbosity="ERROR", log_samples=True,
-    )
-    out = {}
-    for t in tasks:
-        r = res["results"][t]
-        out[t] = {k.split(",")[0]: v for k, v in r.items() if "," in k and "stderr" not in k}
-        out[t]["n"] = res["n-samples"][t]["effective"]
-        out[t]["answers"] = {s["doc_id"]: s["filtered_resps"] for s in res["samples"][t]}
-    return out
 
 
 def _pct(v) -> str:
@@ -54,15 +34,15 @@ def _pct(v) -> str:
 
 
 def _ci(r) -> str:
-    if r is None or r.get("ci_low") is None:
+    if r is None or r.ci_low is None:
         return ""
-    return f"[{100 * r['ci_low']:5.1f}, {100 * r['ci_high']:5.1f}]"
+    return f"[{100 * r.ci_low:5.1f}, {100 * r.ci_high:5.1f}]"
 
 
 def _sweep_demo(limit: int | None, out: Path) -> int:
     from mf_harness.embedded import embedded_path
-    from mf_harness.leaderboard import write_leaderboard
-    from mf_harness.sweep import SweepConfig, run_sweep
+    from mf_harness.runs.leaderboard import write_leaderboard
+    from mf_harness.runs.sweep import SweepConfig, run_sweep
 
     settings = json.loads((DEMO_DIR / "demo.json").read_text())
     controls = settings.get("controls", ["random_any", "random", "shared"])
@@ -80,7 +60,7 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
     recs = r["records"]
 
     def get(**kw):
-        rs = [x for x in recs if all(x.get(k) == v for k, v in kw.items())]
+        rs = [x for x in recs if all(getattr(x, k) == v for k, v in kw.items())]
         return rs[0] if rs else None
 
     randoms = [c for c in ("random_any", "random") if c in controls]
@@ -97,21 +77,21 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
             task = cfg.mfr_task_for(follow)
             base = dict(task=task, metric="mfr", subset="followed")
             o = get(head_set="original", **base)
-            for k in sorted({x["k"] for x in recs if x["head_set"] == "targeted"}):
+            for k in sorted({x.k for x in recs if x.head_set == "targeted"}):
                 sel = dict(follow=follow, scope=scope, k=k, intervention="block", **base)
                 t = get(head_set="targeted", **sel)
-                line = (f"{scope:<12} {follow:<7} {k:>3} {_pct(o and o['value']):>9} "
-                        f"{_pct(t and t['value'])} {_ci(t):>15}")
+                line = (f"{scope:<12} {follow:<7} {k:>3} {_pct(o and o.value):>9} "
+                        f"{_pct(t and t.value)} {_ci(t):>15}")
                 for c in randoms:
                     rnd = get(head_set=c, seed=None, **sel)
                     d = get(head_set=f"targeted-{c}", **sel)
-                    diff = "" if d is None or d["value"] is None else \
-                        f"{100 * d['value']:+6.1f} [{100 * d['ci_low']:+6.1f}, {100 * d['ci_high']:+6.1f}]"
-                    line += f" {_pct(rnd and rnd['value']):>13} {_ci(rnd):>15} {diff:>25}"
-                sh = next((x for x in recs if x["head_set"] == "shared" and x["follow"] == follow
-                           and x["scope"] == scope and x["task"] == task and x["metric"] == "mfr"
-                           and x["subset"] == "followed"), None)
-                print(f"{line} {_pct(sh and sh['value']):>7}   (n={o and o['n']})")
+                    diff = "" if d is None or d.value is None else \
+                        f"{100 * d.value:+6.1f} [{100 * d.ci_low:+6.1f}, {100 * d.ci_high:+6.1f}]"
+                    line += f" {_pct(rnd and rnd.value):>13} {_ci(rnd):>15} {diff:>25}"
+                sh = next((x for x in recs if x.head_set == "shared" and x.follow == follow
+                           and x.scope == scope and x.task == task and x.metric == "mfr"
+                           and x.subset == "followed"), None)
+                print(f"{line} {_pct(sh and sh.value):>7}   (n={o and o.n})")
     written = write_leaderboard(recs, out / "demo")
     problems = plausibility_problems(recs)
     print(f"\n{r['cells']} cells, {r['forwards']} model forwards, {time.time() - t0:.0f}s")
@@ -122,7 +102,7 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
             print(f"  {p}")
     print(f"  {out / 'records.jsonl'}          versioned records (mf-harness leaderboard / compare read these)")
     print(f"  {out / 'runs'}/<cell>/           lmms-eval results and samples per cell")
-    card = REPO / "mf_harness" / "embedded" / "qwen2_5_vl_tiny" / "MODEL_CARD.md"
+    card = embedded_path() / "MODEL_CARD.md"
     if card.exists():
         print(f"  {card}   how the model was trained and where it settles the conflict (LDAR by layer)")
     if problems:
@@ -136,7 +116,7 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
     return 0
 
 
-def plausibility_problems(recs: list[dict]) -> list[str]:
+def plausibility_problems(recs: list) -> list[str]:
     """What in the demo's own records can only mean a broken install (empty when all is plausible).
 
     The embedded model follows the instruction on held-out items (MFR 1.00 text / 0.98 vision in its card),
@@ -144,28 +124,29 @@ def plausibility_problems(recs: list[dict]) -> list[str]:
     top-ranked heads must change some answer, so targeted cells that all equal the original mean the
     interventions did nothing (the failure of 2026-12-01: every cell 100.0, +0.0)."""
     problems = []
-    full = [r for r in recs if r.get("metric") == "mfr" and r.get("subset") == "full"]
+    full = [r for r in recs if r.metric == "mfr" and r.subset == "full"]
     for r in full:
-        if r["head_set"] == "original" and r.get("value") is not None and r["value"] < 0.5:
-            problems.append(f"the original model's MFR on {r['task']} is {100 * r['value']:.1f}% (its card: "
+        if r.head_set == "original" and r.value is not None and r.value < 0.5:
+            problems.append(f"the original model's MFR on {r.task} is {100 * r.value:.1f}% (its card: "
                             f"98-100%): the embedded checkpoint does not behave as trained")
-    originals = {r["task"]: r["value"] for r in full if r["head_set"] == "original"}
-    targeted = [r for r in full if r["head_set"] == "targeted" and r.get("value") is not None]
-    if targeted and all(abs(r["value"] - originals.get(r["task"], float("nan"))) < 1e-12 for r in targeted):
+    originals = {r.task: r.value for r in full if r.head_set == "original"}
+    targeted = [r for r in full if r.head_set == "targeted" and r.value is not None]
+    if targeted and all(abs(r.value - originals.get(r.task, float("nan"))) < 1e-12 for r in targeted):
         problems.append(f"all {len(targeted)} targeted cells equal the original model's MFR: the interventions "
                         f"changed no answer")
     return problems
 
 
 def _spec_demo(limit: int | None) -> int:
+    from mf_harness.lmms.run import run_mfr
     from mf_harness.embedded import embedded_path
-    from mf_harness.spec import InterventionSpec
+    from mf_harness.core.spec import InterventionSpec
 
     runs = [("original", "pretrained=embedded")]
     for name in DEMO_SPECS:
-        p = REPO / "interventions" / name
+        p = INTERVENTIONS_DIR / name
         spec = InterventionSpec.load(p)
-        runs.append((spec.describe(), f"pretrained=embedded,intervention={p.relative_to(REPO)}"))
+        runs.append((spec.describe(), f"pretrained=embedded,intervention={p}"))
     print(f"mf-harness demo: modality-following ratio on the embedded checkpoint\n  ({embedded_path()})\n")
     rows = []
     for label, margs in runs:

@@ -13,11 +13,11 @@ os.environ.setdefault("NLTK_DATA", str(SHARED / "data" / "nltk_data"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Tests call lmms-eval's simple_evaluate directly too; give them the filelock 4.3 alias that the
-# plugin's install() gives every lmms-eval run (see mf_harness.lmms_plugin.shim_filelock_api).
-import mf_harness.lmms_plugin as _plugin  # noqa: E402
+# Tests call lmms-eval's simple_evaluate directly too: install the lmms-eval patches explicitly, as
+# lmms-eval's own CLI does through our entry point (mf_harness.lmms.patches).
+from mf_harness.lmms.patches import install_lmms  # noqa: E402
 
-_plugin.shim_filelock_api()
+install_lmms()
 
 
 def _build(tmp_path_factory, name, **cfg):
@@ -45,8 +45,8 @@ def load(path, attn="eager"):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mf_harness._compat import install_processor_shim
+    from mf_harness.lmms.patches import install_processors
 
-    install_processor_shim()
+    install_processors()
     model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn, dtype=torch.float32).eval()
     return model, AutoProcessor.from_pretrained(path)

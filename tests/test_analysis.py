@@ -18,8 +18,8 @@ from mf_harness.analysis import (
     prepare_samples,
 )
 from mf_harness.analysis.measures import ablation_effects, final_margins
-from mf_harness.arch import geometry, resolve
-from mf_harness.models import IntervenedQwen
+from mf_harness.core.arch import geometry, resolve
+from mf_harness.lmms.model import IntervenedHF
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def _no_grad():
 
 @pytest.fixture(scope="module")
 def setup(tiny_qwen25_dir):
-    lm = IntervenedQwen(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56, attn_implementation="eager")
+    lm = IntervenedHF(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56, attn_implementation="eager")
     task, docs = load_task_docs("mfr_text", limit=6)
     samples = prepare_samples(lm, task, docs)
     return lm, samples
@@ -39,13 +39,13 @@ def setup(tiny_qwen25_dir):
 def test_token_sets_decode_to_the_doc_fields(setup):
     lm, samples = setup
     for s in samples:
-        ids = lm._encode([s.rendered], [s.images])["input_ids"][0]
+        ids = lm.codec.encode([s.rendered], [s.images])["input_ids"][0]
         dec = lambda name: lm.tokenizer.decode(ids[s.token_sets[name]]).strip()  # noqa: E731
         assert dec("instruction") == s.doc["instruction"]
         assert dec("context") == s.doc["context"].strip()
         assert dec("question") == s.doc["question"].strip()
         assert dec("format") == s.doc["format_instruction"]
-        assert all(int(ids[p]) in lm._placeholder_ids for p in s.token_sets["image"])
+        assert all(int(ids[p]) in lm.codec.placeholder_ids for p in s.token_sets["image"])
         assert s.token_sets["last"] == [len(ids) - 1]
         assert not set(s.compliant_ids) & set(s.competing_ids)
 
@@ -149,7 +149,7 @@ def test_ablation_effect_is_the_margin_drop_and_tracks_dla_for_last_layer_heads(
     model = lm.model
     geo = geometry(model)
     L = geo.num_layers
-    from mf_harness.spec import Head, InterventionSpec
+    from mf_harness.core.spec import Head, InterventionSpec
 
     heads = [Head(L - 1, h) for h in range(geo.num_heads)]
     rows = ablation_effects(lm, samples, scope="last", batch_size=3, heads=heads, progress=False)
@@ -166,9 +166,9 @@ def test_ablation_tracks_dla_for_last_layer_heads_on_the_trained_model(task):
     are real, DLA and single-head ablation rank them alike."""
     import pandas as pd
 
-    from mf_harness.spec import Head
+    from mf_harness.core.spec import Head
 
-    lm = IntervenedQwen(pretrained="embedded", attn_implementation="eager")
+    lm = IntervenedHF(pretrained="embedded", attn_implementation="eager")
     t, docs = load_task_docs(task, limit=12)
     samples = prepare_samples(lm, t, docs)
     L, H = geometry(lm.model).num_layers, geometry(lm.model).num_heads
@@ -219,7 +219,7 @@ def test_knockout_zeroes_exactly_the_cut_edges_and_nothing_else(setup):
             else:
                 assert block.abs().sum() > 0
     # sdpa (boolean or rebuilt causal mask) gives the same logits as eager
-    lm_sdpa = IntervenedQwen(pretrained=lm.pretrained, min_pixels=56 * 56, attn_implementation="sdpa")
+    lm_sdpa = IntervenedHF(pretrained=lm.pretrained, min_pixels=56 * 56, attn_implementation="sdpa")
     with torch.no_grad():
         with cut_edges(model, [1, 2], dest, src):
             le = model(**enc).logits
@@ -248,7 +248,7 @@ def test_knockout_of_nothing_gives_zero_nssd(setup):
 
 def test_discover_writes_specs_that_the_model_accepts(tiny_qwen25_dir, tmp_path):
     from mf_harness.analysis.report import discover
-    from mf_harness.spec import InterventionSpec
+    from mf_harness.core.spec import InterventionSpec
 
     margs = f"pretrained={tiny_qwen25_dir},min_pixels=3136"
     r = discover(margs, tmp_path, limit=4, k_list=(2, 4, 99), method="both", progress=False)
@@ -266,5 +266,5 @@ def test_discover_writes_specs_that_the_model_accepts(tiny_qwen25_dir, tmp_path)
     for f in ("heads.csv", "layers.csv", "rank_correlation.csv", "heads_text.png", "layers.png"):
         assert (tmp_path / f).stat().st_size > 0
     # the model accepts the file unchanged
-    IntervenedQwen(pretrained=str(tiny_qwen25_dir), intervention=str(tmp_path / "heads_text_top4.json"))
+    IntervenedHF(pretrained=str(tiny_qwen25_dir), intervention=str(tmp_path / "heads_text_top4.json"))
     json.loads((tmp_path / "heads_shared_top16.json").read_text())

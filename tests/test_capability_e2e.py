@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mf_harness.capability._common import loglikelihood_result
+from mf_harness.tasks.capability.common import loglikelihood_result
 from test_capability_tasks import shared_task_manager  # one TaskManager for the capability tests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_blocking_heads_at_instruction_tokens_changes_capability_outputs(runs, c
 def test_a_prompt_without_its_instruction_stops_with_a_clear_error(tmp_path):
     from lmms_eval.tasks import TaskManager
 
-    from mf_harness.scopes import InstructionNotFound
+    from mf_harness.core.scopes import InstructionNotFound
 
     # a user's task that includes ours but drops the MMLU description from the prompt
     (tmp_path / "mmlu_plain.yaml").write_text(
@@ -119,16 +119,16 @@ def test_a_prompt_without_its_instruction_stops_with_a_clear_error(tmp_path):
 
 
 def test_use_cache_reuses_a_specs_responses_and_keys_them_by_spec(tm, tmp_path, monkeypatch):
-    from mf_harness.models import IntervenedQwen
+    from mf_harness.lmms.model import IntervenedHF
 
     calls: list[int] = []
-    real = IntervenedQwen.loglikelihood
+    real = IntervenedHF.loglikelihood
 
     def counting(self, requests):
         calls.append(len(requests))
         return real(self, requests)
 
-    monkeypatch.setattr(IntervenedQwen, "loglikelihood", counting)
+    monkeypatch.setattr(IntervenedHF, "loglikelihood", counting)
     cache = str(tmp_path / "cache")
     outs = []
     for run_id, spec in (("first", BLOCK), ("again", BLOCK), ("other", "block=L2H0")):

@@ -15,7 +15,7 @@ import types
 import numpy as np
 import pytest
 
-from mf_harness.capability import FIXTURE_TASKS, fixtures, flickr, textvqa
+from mf_harness.tasks.capability import FIXTURE_TASKS, fixtures, flickr, textvqa
 from test_capability_tasks import shared_task_manager  # one TaskManager for the capability tests
 
 TEXTVQA_PRED = ["42", "Stop sign", "dont", "ACME Co.", "3.15", "Two."]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mf_harness.capability import FIXTURE_TASKS, SUBSET_TASKS, TASKS, fixtures, mmlu, textvqa
+from mf_harness.tasks.capability import FIXTURE_TASKS, SUBSET_TASKS, TASKS, fixtures, mmlu, textvqa
 from mf_harness.errors import MfHarnessError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def shared_task_manager():
     """lmms-eval's TaskManager as the CLI builds it: no include_path (our plugin adds the folder).
 
     Shared with the other test_capability_* modules: indexing lmms-eval's ~2,000 YAMLs takes seconds."""
-    import mf_harness.lmms_plugin as plugin
+    import mf_harness.lmms.plugin as plugin
     from lmms_eval.tasks import TaskManager
 
     plugin.install()
@@ -173,7 +173,7 @@ def test_real_tasks_read_a_local_file_or_folder(tm, monkeypatch, tmp_path):
 def test_default_tasks_point_at_the_hub_datasets_lmms_eval_uses():
     from lmms_eval.utils import load_yaml_config
 
-    from mf_harness.capability import sources
+    from mf_harness.tasks.capability import sources
 
     assert sources.resolve("textvqa") == ("lmms-lab-encoder/textvqa", None, None)
     assert sources.resolve("mmlu") == ("hails/mmlu_no_train", "all", None)
@@ -242,7 +242,7 @@ def test_fixture_schemas_match_the_hub_columns():
 def test_ifeval_without_punkt_tab_stops_with_one_message(monkeypatch, tmp_path):
     import nltk
 
-    from mf_harness.capability import ifeval
+    from mf_harness.tasks.capability import ifeval
 
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
     with pytest.raises(MfHarnessError, match="IFEval needs NLTK's punkt_tab"):

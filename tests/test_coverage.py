@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-import mf_harness.hooks as hooks
+import mf_harness.core.hooks as hooks
 from conftest import load
-from mf_harness.arch import geometry
-from mf_harness.hooks import HeadPlan, InterventionCoverageError, active_handles, cache_kwarg, intervene, output_cache
-from mf_harness.models import IntervenedQwen
-from mf_harness.multispec import MultiSpecRunner
-from mf_harness.spec import InterventionSpec
+from mf_harness.core.arch import geometry
+from mf_harness.core.hooks import HeadPlan, InterventionCoverageError, active_handles, cache_kwarg, intervene, output_cache
+from mf_harness.lmms.model import IntervenedHF
+from mf_harness.lmms.fast_engine import MultiSpecRunner
+from mf_harness.core.spec import InterventionSpec
 
 INSTR = "You should follow the textual context rather than the visual content."
 DOC = {"instruction": INSTR, "image": Image.new("RGB", (84, 84), (200, 30, 30))}
@@ -65,7 +65,7 @@ def test_decode_steps_read_at_position_zero_raise(tiny_qwen25_dir, monkeypatch):
 
 def test_prefix_shared_suffix_read_at_position_zero_raises(tiny_qwen25_dir, monkeypatch):
     """The multi-spec engine's suffix after a shared prefix, with the position logic broken."""
-    lm = IntervenedQwen(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56)
+    lm = IntervenedHF(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56)
     runner = MultiSpecRunner(lm)
     images = [DOC["image"]]
     specs = [InterventionSpec(), InterventionSpec(block=["L1H0", "L2H3"])]
@@ -127,7 +127,7 @@ def test_wrapper_refuses_numbers_when_positions_break(tiny_qwen25_dir, monkeypat
     """End to end through the lmms-eval model: a decode-scope spec with the position logic broken."""
     from lmms_eval.api.instance import Instance
 
-    lm = IntervenedQwen(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56, block="L1H0", decode="true")
+    lm = IntervenedHF(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56, block="L1H0", decode="true")
     lm.task_dict = {"t": {"test": [DOC]}}
     req = Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1},
                    arguments=(CTX, {"max_new_tokens": 4, "until": ["\n"]}, lambda d: [d["image"]], 0, "t", "test"))

@@ -80,7 +80,7 @@ def test_two_cpu_processes_give_the_results_of_one(ckpt, tmp_path):
 
 
 def test_a_launch_accelerate_cannot_shard_is_a_clear_error(ckpt):
-    code = (f"from mf_harness.models import IntervenedHF\n"
+    code = (f"from mf_harness.lmms.model import IntervenedHF\n"
             f"IntervenedHF(pretrained={str(ckpt)!r})\n")
     env = dict(ENV, WORLD_SIZE="2", RANK="0")  # as a launcher would set it, minus a rendezvous to wait on
     for k in ("ACCELERATE_USE_CPU", "LOCAL_RANK"):
@@ -91,7 +91,7 @@ def test_a_launch_accelerate_cannot_shard_is_a_clear_error(ckpt):
 
 
 def test_device_map_sharding_gives_the_same_numbers(ckpt):
-    from mf_harness.models import IntervenedHF
+    from mf_harness.lmms.model import IntervenedHF
 
     doc = {"instruction": "Follow the text.", "image": Image.new("RGB", (84, 56), (200, 30, 30))}
     ctx = "Text: it is red. Follow the text. What colour?"

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mf_harness import synth
-from mf_harness import train as T
+from mf_harness.embedded.train import synth
+from mf_harness.embedded import train as T
 from mf_harness.embedded import embedded_path
-from mf_harness.spec import InterventionSpec
+from mf_harness.core.spec import InterventionSpec
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,7 +34,7 @@ def record() -> dict:
 def model_and_processor():
     threads = torch.get_num_threads()
     torch.set_num_threads(T.DEFAULT.threads)  # the card was measured with the trainer's thread count
-    model, processor = T._load(embedded_path(), attn="sdpa")
+    model, processor = T.load_checkpoint(embedded_path(), attn="sdpa")
     yield model.eval(), processor
     torch.set_num_threads(threads)
 
@@ -55,29 +55,29 @@ def test_checkpoint_is_small_and_matches_its_record(record):
 
 def test_training_prompt_is_what_the_wrapper_feeds(model_and_processor):
     """Same chat template, system prompt, mfr prompt and image preprocessing as `intervened_qwen`."""
-    from mf_harness.mfr import doc_to_text
-    from mf_harness.models import IntervenedQwen
+    from mf_harness.tasks.mfr.mfr import doc_to_text
+    from mf_harness.lmms.model import IntervenedHF
 
     _, processor = model_and_processor
-    wrapper = IntervenedQwen(pretrained="embedded")
+    wrapper = IntervenedHF(pretrained="embedded")
     doc = T.bundled_docs("text")[0]
-    rendered, user = wrapper.render(doc_to_text(doc), 1)
+    rendered, user = wrapper.codec.render(doc_to_text(doc), 1)
     assert user == synth.user_text(doc)
     assert rendered == T.render(processor, user)
-    lo, hi, factor = T._pixels(processor)
-    assert (wrapper.min_pixels, wrapper.max_pixels, wrapper.patch_factor) == (lo, hi, factor)
+    lo, hi, factor = T.pixel_bounds(processor)
+    assert (wrapper.image_prep.min_pixels, wrapper.image_prep.max_pixels, wrapper.image_prep.factor) == (lo, hi, factor)
     # the image the wrapper hands the processor is the one training used
     import numpy as np
 
-    from mf_harness.models import qwen_fetch_image
+    from mf_harness.lmms.images import qwen_fetch_image
 
-    seen = wrapper._visuals(lambda d: [d["image"]], doc, "doc 0")[0]
+    seen = wrapper.visuals(lambda d: [d["image"]], doc, "doc 0")[0]
     assert seen.size == (84, 84)
     assert np.array_equal(np.asarray(seen), np.asarray(qwen_fetch_image(doc["image"], lo, hi, factor)))
 
 
 def test_empty_spec_equals_plain_transformers_generate(model_and_processor):
-    from mf_harness.demo import run_mfr
+    from mf_harness.lmms.run import run_mfr
 
     model, processor = model_and_processor
     res = run_mfr("pretrained=embedded", tasks=("mfr_text",), limit=6, batch_size=3)["mfr_text"]["answers"]
@@ -95,7 +95,7 @@ def test_empty_spec_equals_plain_transformers_generate(model_and_processor):
 
 def test_follows_the_instruction_on_held_out_items():
     """Held-out MFR >= 0.95 in both directions, through lmms-eval (the bundled set is held out of training)."""
-    from mf_harness.demo import run_mfr
+    from mf_harness.lmms.run import run_mfr
 
     res = run_mfr("pretrained=embedded", tasks=("mfr_text", "mfr_vision"))
     assert res["mfr_text"]["n"] == res["mfr_vision"]["n"] == 240
@@ -119,7 +119,7 @@ def test_ldar_says_where_the_conflict_is_settled(model_and_processor, record):
 
 
 def test_shipped_spec_files_are_valid_and_name_this_checkpoint(record):
-    from mf_harness.arch import geometry
+    from mf_harness.core.arch import geometry
     from transformers import AutoConfig
 
     geo = geometry(AutoConfig.from_pretrained(embedded_path()))
@@ -135,7 +135,7 @@ def test_shipped_spec_files_are_valid_and_name_this_checkpoint(record):
 def test_targeted_heads_at_the_instruction_tokens_beat_random_heads(record):
     """Blocking the discovered heads at the instruction tokens drops text MFR >= 30 points more than
     blocking as many random heads (5 seeds), through lmms-eval."""
-    from mf_harness.demo import run_mfr
+    from mf_harness.lmms.run import run_mfr
 
     h = next(h for h in record["evaluation"]["headlines"] if h["follow"] == "text" and h["scope"] == "instruction")
     spec = REPO / "interventions" / f"embedded_text_instruction_top{h['k']}.json"
@@ -185,7 +185,7 @@ def test_demo_targeted_heads_beat_random_heads_at_the_instruction_tokens(tmp_pat
     """`make demo` (the sweep demo on the committed ranking): at the instruction tokens, the largest k's
     targeted set lowers MFR >= 30 points more than k random heads (any layer, 5 seeds pooled), with the
     paired 95% CI below -20 points, in both directions; and the printed table shows it."""
-    from mf_harness.records import read_records
+    from mf_harness.runs.records import read_records
 
     p = subprocess.run([str(BIN / "mf-harness"), "demo", "--output-dir", str(tmp_path / "demo")], cwd=REPO,
                        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -195,13 +195,13 @@ def test_demo_targeted_heads_beat_random_heads_at_the_instruction_tokens(tmp_pat
     _, recs = read_records(tmp_path / "demo" / "records.jsonl")
     for follow in ("text", "vision"):
         sel = dict(follow=follow, scope="instruction", k=k, metric="mfr", subset="followed", seed=None)
-        (d,) = [r for r in recs if r["head_set"] == "targeted-random_any" and all(r[a] == b for a, b in sel.items())]
-        assert d["value"] <= -0.30 and d["ci_high"] <= -0.20 and d["n_seeds"] == 5, d
-        (o,) = [r for r in recs if r["head_set"] == "original" and r["task"] == f"mfr_{follow}"
-                and r["metric"] == "mfr" and r["subset"] == "followed"]
-        assert o["value"] == 1.0 and o["n"] >= 200
+        (d,) = [r for r in recs if r.head_set == "targeted-random_any" and all(getattr(r, a) == b for a, b in sel.items())]
+        assert d.value <= -0.30 and d.ci_high <= -0.20 and d.n_seeds == 5, d
+        (o,) = [r for r in recs if r.head_set == "original" and r.task == f"mfr_{follow}"
+                and r.metric == "mfr" and r.subset == "followed"]
+        assert o.value == 1.0 and o.n >= 200
         row = next(line for line in p.stdout.splitlines() if line.split()[:3] == ["instruction", follow, str(k)])
-        assert f"{100 * d['value']:+6.1f}" in row, row
+        assert f"{100 * d.value:+6.1f}" in row, row
     assert "Where to look next" in p.stdout and (tmp_path / "demo" / "demo_mfr_vs_k.png").is_file()
 
 

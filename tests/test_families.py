@@ -1,6 +1,6 @@
 """Every family of the architecture table, on a tiny real checkpoint, through the one wrapper.
 
-Parametrized over `mf_harness.arch.ARCH`: a new row is tested here as soon as `mf_harness.tiny`
+Parametrized over `mf_harness.core.arch.ARCH`: a new row is tested here as soon as `mf_harness.tiny`
 can build it. Per family: the prompt is lmms-eval's (snapshots), the instruction scope is
 found after that family's image expansion, the hooks are exact (coefficient 1 bit-exact,
 block = minus W_O[:, h] z_h, amplify multiplies), left-padded batches equal single rows
@@ -14,10 +14,10 @@ from PIL import Image
 
 from lmms_eval.api.instance import Instance
 
-from mf_harness.arch import ARCH, geometry, resolve
-from mf_harness.hooks import HeadPlan, active_handles, intervene
-from mf_harness.models import IntervenedHF
-from mf_harness.spec import InterventionSpec
+from mf_harness.core.arch import ARCH, geometry, resolve
+from mf_harness.core.hooks import HeadPlan, active_handles, intervene
+from mf_harness.lmms.model import IntervenedHF
+from mf_harness.core.spec import InterventionSpec
 
 FAMILIES = list(ARCH)
 INSTR = "You should follow the textual context rather than the visual content."
@@ -51,18 +51,16 @@ def family_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def wrappers(family_dirs):
-    """One wrapper per (family, batch size); tests set ``lm.spec`` themselves."""
+    """One loaded wrapper per (family, batch size); ``get(family, n, spec)`` gives a view under ``spec``."""
     cache = {}
 
-    def get(family, batch_size=1):
+    def get(family, batch_size=1, spec=InterventionSpec()):
         key = (family, batch_size)
         if key not in cache:
             lm = IntervenedHF(pretrained=str(family_dirs(family)), batch_size=batch_size, attn_implementation="eager")
             lm.task_dict = {"t": {"test": DOCS}}
             cache[key] = lm
-        lm = cache[key]
-        lm.spec = InterventionSpec()
-        return lm
+        return cache[key].with_spec(spec)
 
     return get
 
@@ -80,10 +78,10 @@ def _ll(ctx=CTX, visual=IMAGE, cont=" red"):
 
 def _batch(lm, spec, visual=IMAGE):
     """Encoded left-padded batch of the three docs and the plan of ``spec``."""
-    images = [lm._visuals(visual, d, "x") for d in DOCS]
-    rendered, users = zip(*(lm.render(c, len(im)) for c, im in zip(CTX, images)))
-    enc = lm._encode(list(rendered), images)
-    plan = lm.build_plan([spec] * 3, list(rendered), list(users), enc["input_ids"], enc["attention_mask"], DOCS,
+    images = [lm.visuals(visual, d, "x") for d in DOCS]
+    rendered, users = zip(*(lm.codec.render(c, len(im)) for c, im in zip(CTX, images)))
+    enc = lm.codec.encode(list(rendered), images)
+    plan = lm.codec.plan([spec] * 3, list(rendered), list(users), enc["input_ids"], enc["attention_mask"], DOCS,
                          [f"t doc {k}" for k in range(3)])
     return enc, plan
 
@@ -117,17 +115,17 @@ def test_every_row_has_a_snapshot_and_a_tiny_builder():
 def test_prompt_snapshot_and_defaults_follow_upstream(wrappers, family):
     lm = wrappers(family)
     row = ARCH[family]
-    rendered, user = lm.render("<image>" + SNAPSHOT_USER, 1)
+    rendered, user = lm.codec.render("<image>" + SNAPSHOT_USER, 1)
     assert rendered == SNAPSHOTS[family]
     assert user == SNAPSHOT_USER
-    assert lm.default_max_new_tokens == row.max_new_tokens
+    assert lm.default_max_new_tokens == row.prompt.max_new_tokens
     assert lm.model_name == row.alias
     _, layers, _, oprojs = resolve(lm.model)
     geo = geometry(lm.model)
     assert len(layers) == geo.num_layers == 4 and oprojs[0].in_features == geo.num_heads * geo.head_dim
     # text-only: the same turn without the image
-    rendered0, _ = lm.render("Question: 2+2?", 0)
-    assert row.image_token in rendered and row.image_token not in rendered0 and "Question: 2+2?" in rendered0
+    rendered0, _ = lm.codec.render("Question: 2+2?", 0)
+    assert row.prompt.image_token in rendered and row.prompt.image_token not in rendered0 and "Question: 2+2?" in rendered0
 
 
 # ------------------------------------------------------------------ scopes after image expansion
@@ -139,7 +137,7 @@ def test_instruction_positions_decode_to_the_instruction(wrappers, family):
     enc, plan = _batch(lm, InterventionSpec(block=["L0H0"], scope="instruction"))
     ids = enc["input_ids"]
     assert (enc["attention_mask"][:, 0] == 0).any(), "the batch should be left-padded"
-    n_image = [int(torch.isin(ids[b], torch.tensor(sorted(lm.image_token_ids))).sum()) for b in range(3)]
+    n_image = [int(torch.isin(ids[b], torch.tensor(sorted(lm.codec.image_token_ids))).sum()) for b in range(3)]
     assert min(n_image) > 0
     for b in range(3):
         pos = plan.mask[b].nonzero().flatten()
@@ -211,16 +209,15 @@ def test_hooks_are_exact(wrappers, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_generate_equals_single_rows(wrappers, family):
     spec = InterventionSpec(block=["L0H0", "L1H1", "L2H2", "L3H3", "L3H0", "L2H1"], scope="instruction")
-    one, three = wrappers(family, 1), wrappers(family, 3)
-    one.spec = three.spec = spec
+    one, three = wrappers(family, 1, spec), wrappers(family, 3, spec)
     got1, got3 = one.generate_until(_gen()), three.generate_until(_gen())
     assert got1 == got3 and all(isinstance(a, str) for a in got1)
 
 
 def _manual_loglikelihood(lm, ctx, images, cont):
     """log p(cont | prompt) from one unpadded row, by hand."""
-    rendered, _ = lm.render(ctx, len(images))
-    enc = lm._encode([rendered], [images])
+    rendered, _ = lm.codec.render(ctx, len(images))
+    enc = lm.codec.encode([rendered], [images])
     c = lm.tokenizer(cont, add_special_tokens=False)["input_ids"]
     n = enc["input_ids"].shape[1]
     feed = {}
@@ -239,13 +236,12 @@ def _manual_loglikelihood(lm, ctx, images, cont):
 def test_loglikelihood_batched_equals_single_and_manual(wrappers, family):
     spec = InterventionSpec(block=["L0H1", "L2H3"], scope="instruction")
     for s in (InterventionSpec(), spec):
-        one, three = wrappers(family, 1), wrappers(family, 3)
-        one.spec = three.spec = s
+        one, three = wrappers(family, 1, s), wrappers(family, 3, s)
         a, b = one.loglikelihood(_ll()), three.loglikelihood(_ll())
         for (x, gx), (y, gy) in zip(a, b):
             assert x == pytest.approx(y, abs=1e-4) and gx == gy
-    one.spec = InterventionSpec()
-    ref = _manual_loglikelihood(one, CTX[0], one._visuals(IMAGE, DOCS[0], "x"), " red")
+    one = wrappers(family, 1)
+    ref = _manual_loglikelihood(one, CTX[0], one.visuals(IMAGE, DOCS[0], "x"), " red")
     got = one.loglikelihood(_ll())[0]
     assert got[0] == pytest.approx(ref[0], abs=1e-4) and got[1] == ref[1]
 
@@ -254,14 +250,13 @@ def test_loglikelihood_batched_equals_single_and_manual(wrappers, family):
 def test_text_only_requests(wrappers, family):
     """MMLU/IFEval-style requests: no doc_to_visual, or one that returns []."""
     spec = InterventionSpec(block=["L0H1", "L2H3"], scope="instruction")
-    one, two = wrappers(family, 1), wrappers(family, 2)
-    one.spec = two.spec = spec
+    one, two = wrappers(family, 1, spec), wrappers(family, 2, spec)
     for visual in (None, lambda d: []):
         assert one.generate_until(_gen(visual=visual)) == two.generate_until(_gen(visual=visual))
         for (x, _), (y, _) in zip(one.loglikelihood(_ll(visual=visual)), two.loglikelihood(_ll(visual=visual))):
             assert x == pytest.approx(y, abs=1e-4)
     enc, plan = _batch(one, spec, visual=None)
-    assert not torch.isin(enc["input_ids"], torch.tensor(sorted(one._placeholder_ids))).any()
+    assert not torch.isin(enc["input_ids"], torch.tensor(sorted(one.codec.placeholder_ids))).any()
     pos = plan.mask[0].nonzero().flatten()
     assert one.tokenizer.decode(enc["input_ids"][0, pos]).strip() == INSTR
 
@@ -270,7 +265,7 @@ def test_text_only_requests(wrappers, family):
 
 
 def test_align_expanded_handles_every_expansion_shape():
-    from mf_harness.scopes import ScopeError, align_expanded
+    from mf_harness.core.scopes import ScopeError, align_expanded
 
     P, I, A, B, BOS, NL, NL2, NL3, T = 100, 101, 102, 103, 1, 10, 11, 12, 104  # placeholder, image, markers, ...
     text = [20, 21, 22]

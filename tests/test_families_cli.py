@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mf_harness.arch import ARCH, MODEL_NAMES
+from mf_harness.core.arch import ARCH, MODEL_NAMES
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")

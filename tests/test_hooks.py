@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 from conftest import load
-from mf_harness.arch import ARCH, geometry, resolve
-from mf_harness.hooks import HeadPlan, active_handles, intervene
-from mf_harness.spec import InterventionSpec
+from mf_harness.core.arch import ARCH, geometry, resolve
+from mf_harness.core.hooks import HeadPlan, active_handles, intervene
+from mf_harness.core.spec import InterventionSpec
 
 
 def _inputs(processor, texts, sizes=((56, 56), (84, 56))):
@@ -232,7 +232,7 @@ def test_architecture_table_rows_resolve(tiny_dir):
 def test_unknown_family_is_a_clear_error():
     from transformers import LlamaConfig
 
-    from mf_harness.arch import arch_for
+    from mf_harness.core.arch import arch_for
 
     with pytest.raises(ValueError, match="'llama' is not in mf-harness's architecture table"):
         arch_for(LlamaConfig())

@@ -55,7 +55,9 @@ def test_lean_and_no_deps_requirements_are_in_pyproject():
 
 
 def _rec(head_set, task, value, subset="full", metric="mfr"):
-    return {"head_set": head_set, "task": task, "value": value, "subset": subset, "metric": metric}
+    from mf_harness.runs.records import Record
+
+    return Record(head_set=head_set, task=task, value=value, subset=subset, metric=metric)
 
 
 def test_demo_flags_interventions_that_changed_nothing():
@@ -66,7 +68,7 @@ def test_demo_flags_interventions_that_changed_nothing():
             _rec("random", "mfr_text", 1.0)]
     problems = plausibility_problems(recs)
     assert len(problems) == 1 and "all 2 targeted cells equal the original" in problems[0]
-    recs[3]["value"] = 0.487
+    recs[3] = _rec("targeted", "mfr_vision", 0.487)
     assert plausibility_problems(recs) == []
 
 
@@ -87,7 +89,7 @@ def test_demo_exits_nonzero_when_its_numbers_are_implausible(tmp_path, monkeypat
     if broken:  # what a broken install looks like: hooks that multiply nothing, and no coverage check
         import torch
 
-        import mf_harness.hooks as hooks
+        import mf_harness.core.hooks as hooks
 
         def no_op(self, start, T, x):
             return torch.ones(x.shape[0], T, x.shape[2] // self.head_dim, dtype=x.dtype), 0

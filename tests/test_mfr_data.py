@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mf_harness import mfr_data
+from mf_harness.tasks.mfr import mfr_data
 from mf_harness.errors import DataError, MfHarnessError
 
 REPO = Path(__file__).resolve().parents[1]

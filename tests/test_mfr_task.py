@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mf_harness import mfr
+from mf_harness.tasks.mfr import mfr
 from mf_harness.errors import DataError, MfHarnessError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,7 +282,7 @@ def test_own_parquet_through_an_including_yaml(tm, tmp_path):
         f"include: {TASKS / 'mfr' / 'mfr_vision.yaml'}\n"
         "task: my_mfr_vision\n"
         "dataset_kwargs:\n  data_files:\n    test: mine.parquet\n"
-        "process_docs: !function mf_harness.mfr.process_docs_vision_focus\n"
+        "process_docs: !function mf_harness.tasks.mfr.mfr.process_docs_vision_focus\n"
     )
     mine = TaskManager(include_path=[str(TASKS), str(tmp_path)], include_defaults=False)
     task = _subtasks(get_task_dict(["my_mfr_vision"], mine))["my_mfr_vision"]

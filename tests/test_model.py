@@ -10,8 +10,9 @@ from lmms_eval.api.instance import Instance
 
 from conftest import load
 from mf_harness.errors import DataError
-from mf_harness.models import IntervenedQwen, qwen_fetch_image
-from mf_harness.scopes import InstructionNotFound
+from mf_harness.lmms.images import qwen_fetch_image
+from mf_harness.lmms.model import IntervenedHF
+from mf_harness.core.scopes import InstructionNotFound
 
 INSTR = "You should follow the textual context rather than the visual content."
 DOCS = [
@@ -36,14 +37,14 @@ def _gen_requests(ctx=CTX, max_new_tokens=5):
 
 
 def _model(path, docs=DOCS, **kw):
-    m = IntervenedQwen(pretrained=str(path), **kw)
+    m = IntervenedHF(pretrained=str(path), **kw)
     m.task_dict = {"t": {"test": docs}}
     return m
 
 
 def test_prompt_snapshot_follows_upstream_qwen_wrapper(tiny_qwen25_dir):
     m = _model(tiny_qwen25_dir)
-    rendered, user_text = m.render("<image>What is shown?", 1)
+    rendered, user_text = m.codec.render("<image>What is shown?", 1)
     assert rendered == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is shown?<|im_end|>\n"
@@ -51,7 +52,7 @@ def test_prompt_snapshot_follows_upstream_qwen_wrapper(tiny_qwen25_dir):
     )
     assert user_text == "What is shown?"
     # upstream defaults for real checkpoints
-    assert (m.min_pixels, m.max_pixels) == (256 * 28 * 28, 1605632)
+    assert (m.image_prep.min_pixels, m.image_prep.max_pixels) == (256 * 28 * 28, 1605632)
     assert m.default_max_new_tokens == 32768
 
 
@@ -104,7 +105,7 @@ def test_loglikelihood_matches_a_manual_forward(tiny_qwen25_dir):
     model, proc = load(tiny_qwen25_dir, attn=m.model.config._attn_implementation)
     for i, (doc, ctx) in enumerate(zip(DOCS, CTX)):
         image = qwen_fetch_image(doc["image"], 56 * 56, 28 * 28 * 1280)
-        text, _ = m.render(ctx, 1)
+        text, _ = m.codec.render(ctx, 1)
         inp = proc(text=[text], images=[image], return_tensors="pt")
         cont = proc.tokenizer(" red", add_special_tokens=False)["input_ids"]
         ids = torch.cat([inp["input_ids"], torch.tensor([cont])], 1)
@@ -121,11 +122,11 @@ def test_loglikelihood_matches_a_manual_forward(tiny_qwen25_dir):
 
 def _scope_tokens(m, i, scope, batch_ctx=CTX):
     """Decode the tokens the wrapper would intervene on for doc i (inside a left-padded batch)."""
-    images = [m._visuals(lambda d: [d["image"]], d, "x") for d in DOCS]
-    rendered, users = zip(*(m.render(c, 1) for c in batch_ctx))
-    enc = m._encode(list(rendered), images)
+    images = [m.visuals(lambda d: [d["image"]], d, "x") for d in DOCS]
+    rendered, users = zip(*(m.codec.render(c, 1) for c in batch_ctx))
+    enc = m.codec.encode(list(rendered), images)
     spec = m.spec.replace(block=["L0H0"], scope=scope)
-    plan = m.build_plan([spec] * len(DOCS), list(rendered), list(users), enc["input_ids"], enc["attention_mask"],
+    plan = m.codec.plan([spec] * len(DOCS), list(rendered), list(users), enc["input_ids"], enc["attention_mask"],
                         DOCS, [f"t doc {k}" for k in range(len(DOCS))])
     pos = plan.mask[i].nonzero().flatten()
     return m.tokenizer.decode(enc["input_ids"][i, pos]), enc, pos
@@ -168,11 +169,11 @@ def test_missing_image_is_a_data_error(tiny_qwen25_dir):
 
 def test_bad_model_args_are_clear(tiny_qwen25_dir):
     from mf_harness.errors import MfHarnessError
-    from mf_harness.spec import SpecError
+    from mf_harness.core.spec import SpecError
 
     with pytest.raises(SpecError, match="L9H0 is out of range.*layer must be 0..3"):
-        IntervenedQwen(pretrained=str(tiny_qwen25_dir), block="L9H0")
+        IntervenedHF(pretrained=str(tiny_qwen25_dir), block="L9H0")
     with pytest.raises(MfHarnessError, match=r"unknown model_args for intervened_qwen: \['blok'\]"):
-        IntervenedQwen(pretrained=str(tiny_qwen25_dir), blok="L0H0")
+        IntervenedHF(pretrained=str(tiny_qwen25_dir), blok="L0H0")
     with pytest.raises(MfHarnessError, match="cannot load checkpoint"):
-        IntervenedQwen(pretrained="/nonexistent/checkpoint")
+        IntervenedHF(pretrained="/nonexistent/checkpoint")

@@ -1,6 +1,5 @@
 """Many specs per prompt: per-row batching and prefix sharing are exact against one spec at a time."""
 
-import copy
 
 import pytest
 import torch
@@ -8,9 +7,9 @@ from PIL import Image
 
 from lmms_eval.api.instance import Instance
 
-from mf_harness.models import IntervenedQwen
-from mf_harness.multispec import MultiSpecRunner
-from mf_harness.spec import InterventionSpec
+from mf_harness.lmms.model import IntervenedHF
+from mf_harness.lmms.fast_engine import MultiSpecRunner
+from mf_harness.core.spec import InterventionSpec
 
 INSTR = "You should follow the textual context rather than the visual content."
 DOC = {"instruction": INSTR, "image": Image.new("RGB", (84, 84), (200, 30, 30))}
@@ -30,7 +29,7 @@ def _one_at_a_time(path, spec):
     kw = {"block": "+".join(map(str, spec.block)), "amplify": "+".join(map(str, spec.amplify)),
           "coefficient": spec.coefficient, "scope": spec.scope, "decode": spec.decode}
     kw = {k: v for k, v in kw.items() if v not in ("", None)}
-    lm = IntervenedQwen(pretrained=str(path), min_pixels=56 * 56, **kw)
+    lm = IntervenedHF(pretrained=str(path), min_pixels=56 * 56, **kw)
     lm.task_dict = {"t": {"test": [DOC]}}
     req = Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1},
                    arguments=(CTX, dict(GEN), lambda d: [d["image"]], 0, "t", "test"))
@@ -39,9 +38,9 @@ def _one_at_a_time(path, spec):
 
 @pytest.mark.parametrize("share_prefix", [True, False])
 def test_batched_specs_equal_one_spec_at_a_time(tiny_dir, share_prefix):
-    lm = IntervenedQwen(pretrained=str(tiny_dir), min_pixels=56 * 56)
+    lm = IntervenedHF(pretrained=str(tiny_dir), min_pixels=56 * 56)
     runner = MultiSpecRunner(lm, max_rows=4, share_prefix=share_prefix)  # 6 rows -> two chunks
-    images = lm._visuals(lambda d: [d["image"]], DOC, "doc")
+    images = lm.visuals(lambda d: [d["image"]], DOC, "doc")
     got = runner.generate(CTX, images, DOC, SPECS, GEN)
     want = [_one_at_a_time(tiny_dir, s) for s in SPECS]
     assert got == want
@@ -51,9 +50,9 @@ def test_batched_specs_equal_one_spec_at_a_time(tiny_dir, share_prefix):
 
 
 def test_scope_prompt_falls_back_and_stays_exact(tiny_qwen25_dir):
-    lm = IntervenedQwen(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56)
+    lm = IntervenedHF(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56)
     runner = MultiSpecRunner(lm)
-    images = lm._visuals(lambda d: [d["image"]], DOC, "doc")
+    images = lm.visuals(lambda d: [d["image"]], DOC, "doc")
     specs = [InterventionSpec(), InterventionSpec(block=["L1H1"], scope="prompt")]
     got = runner.generate(CTX, images, DOC, specs, GEN)
     assert runner.stats["fallbacks"] == 1 and runner.stats["prefix_passes"] == 0
@@ -64,16 +63,16 @@ def test_prefix_cache_logits_match_full_recompute_with_mrope(tiny_qwen25_dir):
     """Model level: the suffix computed from the shared prefix cache gives the full pass's logits."""
     from transformers import DynamicCache
 
-    from mf_harness.hooks import cache_kwarg, intervene, output_cache
+    from mf_harness.core.hooks import cache_kwarg, intervene, output_cache
 
-    lm = IntervenedQwen(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56, attn_implementation="eager")
+    lm = IntervenedHF(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56, attn_implementation="eager")
     m = lm.model
-    images = lm._visuals(lambda d: [d["image"]], DOC, "doc")
-    rendered, user = lm.render(CTX, 1)
-    enc = lm._encode([rendered], [images])
+    images = lm.visuals(lambda d: [d["image"]], DOC, "doc")
+    rendered, user = lm.codec.render(CTX, 1)
+    enc = lm.codec.encode([rendered], [images])
     R = len(SPECS)
     runner = MultiSpecRunner(lm)
-    plan = runner._plan(SPECS, rendered, user, enc, DOC, "doc")
+    plan = runner.plan(SPECS, rendered, user, enc, DOC, "doc")
     p = runner.prefix_length(plan, enc)
     L = enc["input_ids"].shape[1]
     assert 0 < p < L
@@ -109,18 +108,18 @@ def test_other_families_batch_specs_exactly(tmp_path, family):
     from mf_harness.tiny import TinyConfig, build_tiny_vlm
 
     path = build_tiny_vlm(tmp_path / family, TinyConfig(family=family, seed=5))
-    lm = IntervenedQwen(pretrained=str(path), attn_implementation="eager")
+    lm = IntervenedHF(pretrained=str(path), attn_implementation="eager")
     runner = MultiSpecRunner(lm)
-    images = lm._visuals(lambda d: [d["image"]], DOC, "doc")
+    images = lm.visuals(lambda d: [d["image"]], DOC, "doc")
     specs = SPECS[:4]
     got = runner.generate(CTX, images, DOC, specs, GEN)
     want = []
     for s in specs:
-        lm.spec = s
-        lm.task_dict = {"t": {"test": [DOC]}}
+        view = lm.with_spec(s)
+        view.task_dict = {"t": {"test": [DOC]}}
         req = Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1},
                        arguments=(CTX, dict(GEN), lambda d: [d["image"]], 0, "t", "test"))
-        want.append(lm.generate_until([req])[0])
+        want.append(view.generate_until([req])[0])
     assert got == want
     if family == "qwen3_vl":
         assert runner.stats["prefix_passes"] == 1

@@ -4,7 +4,7 @@ import pytest
 
 from lmms_eval.utils import simple_parse_args_string
 
-from mf_harness.spec import SCHEMA_VERSION, Head, InterventionSpec, SpecError, spec_from_model_args
+from mf_harness.core.spec import SCHEMA_VERSION, Head, InterventionSpec, SpecError, spec_from_model_args
 
 
 def test_heads_parse_in_every_form():

@@ -1,5 +1,6 @@
 """Sweeps, controls, statistics, records, tables and the regression check."""
 
+import dataclasses
 import json
 import math
 import os
@@ -12,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mf_harness.leaderboard import compare_records, cross_model_table, render_markdown, specificity_tables
-from mf_harness.records import build_records, read_records, write_records
-from mf_harness.spec import Head
-from mf_harness.stats import paired_difference, summarize
+from mf_harness.runs.leaderboard import compare_records, cross_model_table, render_markdown, specificity_tables
+from mf_harness.runs.records import build_records, read_records, write_records
+from mf_harness.core.spec import Head
+from mf_harness.runs.stats import paired_difference, summarize
 from mf_harness.errors import MfHarnessError
-from mf_harness.sweep import Cell, SweepConfig, plan_cells, random_any, random_matched
+from mf_harness.runs.sweep import Cell, SweepConfig, plan_cells, random_any, random_matched
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -136,23 +137,23 @@ def _records():
 
 def test_records_protocol_subsets_pooled_random_and_paired_difference():
     recs = _records()
-    get = lambda **kw: [r for r in recs if all(r[k] == v for k, v in kw.items())]  # noqa: E731
+    get = lambda **kw: [r for r in recs if all(getattr(r, k) == v for k, v in kw.items())]  # noqa: E731
     (o,) = get(head_set="original", metric="mfr", subset="followed")
-    assert o["value"] == 1.0 and o["n"] == 4
+    assert o.value == 1.0 and o.n == 4
     (t,) = get(head_set="targeted", metric="mfr", subset="followed")
-    assert t["value"] == 0.25 and t["n"] == 4  # docs 0-3: [0, 0, 1, 0]
+    assert t.value == 0.25 and t.n == 4  # docs 0-3: [0, 0, 1, 0]
     (tf,) = get(head_set="targeted", metric="mfr", subset="full")
-    assert tf["value"] == pytest.approx(1 / 6) and tf["n"] == 6
+    assert tf.value == pytest.approx(1 / 6) and tf.n == 6
     (pooled,) = get(head_set="random", seed=None, metric="mfr", subset="followed")
     # per doc over seeds: [1, 1, 1, 0.5] -> 0.875; seed means 0.75 and 1.0 -> sd 0.1768
-    assert pooled["value"] == pytest.approx(0.875) and pooled["n_seeds"] == 2
-    assert pooled["seed_sd"] == pytest.approx(np.std([0.75, 1.0], ddof=1))
+    assert pooled.value == pytest.approx(0.875) and pooled.n_seeds == 2
+    assert pooled.seed_sd == pytest.approx(np.std([0.75, 1.0], ddof=1))
     (diff,) = get(head_set="targeted-random", subset="followed")
     # [0-1, 0-1, 1-1, 0-0.5] -> mean -0.625
-    assert diff["value"] == pytest.approx(-0.625) and diff["n"] == 4
-    assert diff["ci_high"] <= 0.0
+    assert diff.value == pytest.approx(-0.625) and diff.n == 4
+    assert diff.ci_high <= 0.0
     (fail,) = get(head_set="targeted", metric="mfr", subset="failed")
-    assert fail["value"] == 0.0 and fail["n"] == 2
+    assert fail.value == 0.0 and fail.n == 2
 
 
 def test_records_pair_each_random_control_separately():
@@ -167,13 +168,13 @@ def test_records_pair_each_random_control_separately():
     manifest = {"config": SweepConfig(model_args="pretrained=m1").to_dict(), "created": "2026-01-01T00:00:00+00:00",
                 "versions": {}, "git": None}
     recs = build_records(results, manifest)
-    get = lambda **kw: [r for r in recs if all(r[k] == v for k, v in kw.items())]  # noqa: E731
+    get = lambda **kw: [r for r in recs if all(getattr(r, k) == v for k, v in kw.items())]  # noqa: E731
     (m,) = get(head_set="targeted-random", subset="followed")
     (a,) = get(head_set="targeted-random_any", subset="followed")
-    assert m["value"] == pytest.approx(-0.25) and m["n_seeds"] == 1  # [0, -1, 0, 0]
-    assert a["value"] == pytest.approx(-0.625) and a["n_seeds"] == 2  # [-1, -1, 0, -0.5]
+    assert m.value == pytest.approx(-0.25) and m.n_seeds == 1  # [0, -1, 0, 0]
+    assert a.value == pytest.approx(-0.625) and a.n_seeds == 2  # [-1, -1, 0, -0.5]
     (pa,) = get(head_set="random_any", seed=None, subset="followed")
-    assert pa["value"] == pytest.approx(0.875)
+    assert pa.value == pytest.approx(0.875)
     (table,) = specificity_tables(recs)
     assert "vs random (layer-matched) [95% CI]" in table["columns"] and "vs random (any layer) [95% CI]" in table["columns"]
     tgt = next(r for r in table["rows"] if r[0] == "targeted")
@@ -186,29 +187,30 @@ def test_tables_and_round_trip(tmp_path):
     recs = _records()
     p = write_records(recs, tmp_path / "r.jsonl", header={"config": {"name": "x"}})
     header, back = read_records(p)
-    assert header["type"] == "sweep" and back == json.loads(json.dumps(recs))
+    assert header["type"] == "sweep" and back == recs
+    assert [r.to_dict() for r in back] == json.loads(json.dumps([r.to_dict() for r in recs]))
     (tab,) = specificity_tables(back)
     md = render_markdown([tab])
     assert "| original |  | 100.0 (n=4) | 66.7 |" in md
     assert "| targeted | 2 | 25.0 [" in md and "-62.5 [" in md
-    cm = cross_model_table([back, [dict(r, model="m2") for r in back]])
+    cm = cross_model_table([back, [dataclasses.replace(r, model="m2") for r in back]])
     assert [c for c in cm["columns"] if "mfr_text" in c] == ["m1 mfr_text", "m2 mfr_text"]
 
 
 def test_compare_flags_moves_beyond_tolerance():
     recs = _records()
     assert compare_records(recs, recs, 0.0) == ([], [])
-    edited = [dict(r) for r in recs]
-    target = next(r for r in edited if r["head_set"] == "targeted" and r["subset"] == "followed" and r["metric"] == "mfr")
-    target["value"] += 0.05
+    i = next(i for i, r in enumerate(recs) if r.head_set == "targeted" and r.subset == "followed" and r.metric == "mfr")
+    target = dataclasses.replace(recs[i], value=recs[i].value + 0.05)
+    edited = recs[:i] + [target] + recs[i + 1:]
     fails, missing = compare_records(edited, recs, 0.02)
     assert len(fails) == 1 and fails[0]["delta"] == pytest.approx(-0.05) and not missing
     assert compare_records(edited, recs, 0.06) == ([], [])
     # CI mode: the new value 0.25 lies inside the baseline's wide bootstrap CI (n=4), so it passes ...
-    assert target["ci_low"] <= 0.25 <= target["ci_high"]
+    assert target.ci_low <= 0.25 <= target.ci_high
     assert compare_records(edited, recs, 0.0, mode="ci") == ([], [])
     # ... unless the baseline's CI is moved away from it
-    target["ci_low"], target["ci_high"] = 0.5, 0.6
+    edited[i] = dataclasses.replace(target, ci_low=0.5, ci_high=0.6)
     fails, _ = compare_records(edited, recs, 0.0, mode="ci")
     assert len(fails) == 1 and fails[0]["allowed"] == "[0.5000, 0.6000]"
     fails, missing = compare_records(recs, recs[:-1], 0.02)
@@ -222,7 +224,7 @@ def _sweep_cmd(out, rankings, engine="fast", limit=6):
 
 
 def _strip(rs):
-    return [{k: v for k, v in r.items() if k not in ("created", "git")} for r in rs]
+    return [{k: v for k, v in r.to_dict().items() if k not in ("created", "git")} for r in rs]
 
 
 @pytest.fixture(scope="module")
@@ -313,17 +315,17 @@ def test_sweep_on_another_mfr_task_family(tmp_path, rankings):
                        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     _, recs = read_records(out / "records.jsonl")
-    assert {r["task"] for r in recs} == {"mfr_dev_text"}
-    assert {r["head_set"] for r in recs} >= {"original", "targeted", "random", "random_any", "targeted-random",
+    assert {r.task for r in recs} == {"mfr_dev_text"}
+    assert {r.head_set for r in recs} >= {"original", "targeted", "random", "random_any", "targeted-random",
                                              "targeted-random_any"}
     # the original cell's per-sample answers are lmms-eval's own on mfr_dev_text
     from mf_harness.demo import run_mfr
 
     direct = run_mfr("pretrained=embedded", tasks=("mfr_dev_text",), limit=6)["mfr_dev_text"]
-    (o,) = [r for r in recs if r["head_set"] == "original" and r["metric"] == "mfr" and r["subset"] == "full"]
-    assert o["value"] == pytest.approx(direct["mfr"]) and o["n"] == 6
+    (o,) = [r for r in recs if r.head_set == "original" and r.metric == "mfr" and r.subset == "full"]
+    assert o.value == pytest.approx(direct["mfr"]) and o.n == 6
     (table,) = specificity_tables(recs)
-    followed = round(o["value"] * 6)  # the blocking table is read on the samples the original model follows
+    followed = round(o.value * 6)  # the blocking table is read on the samples the original model follows
     assert table["rows"][0][2].endswith(f"(n={followed})")
     bad = subprocess.run([str(BIN / "mf-harness"), "sweep", "--rankings", str(rankings), "--mfr-task", "textvqa",
                           "--output-dir", str(tmp_path / "bad")], capture_output=True, text=True,
@@ -346,9 +348,9 @@ def test_random_controls_pool_capability_metrics_over_seeds():
     manifest = {"config": SweepConfig(model_args="pretrained=m1").to_dict(), "created": "2026-01-01T00:00:00+00:00",
                 "versions": {}, "git": None}
     recs = build_records(results, manifest)
-    (pooled,) = [r for r in recs if r["head_set"] == "random" and r["seed"] is None and r["task"] == "cap"]
-    assert pooled["value"] == pytest.approx(0.75) and pooled["n_seeds"] == 2
-    assert pooled["seed_sd"] == pytest.approx(np.std([0.6, 0.9], ddof=1))
+    (pooled,) = [r for r in recs if r.head_set == "random" and r.seed is None and r.task == "cap"]
+    assert pooled.value == pytest.approx(0.75) and pooled.n_seeds == 2
+    assert pooled.seed_sd == pytest.approx(np.std([0.6, 0.9], ddof=1))
     (table,) = specificity_tables(recs)
     row = next(r for r in table["rows"] if r[0].startswith("random (layer-matched)"))
     cell = row[table["columns"].index("cap/acc")]

@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mf_harness import synth
-from mf_harness import train as T
+from mf_harness.embedded.train import synth
+from mf_harness.embedded import train as T
 
 # A short run: small batches, a small tokenizer corpus; the same code path as the full run.
 QUICK = replace(T.DEFAULT, steps=20, batch_size=8, warmup=5, tokenizer_rows=300)
@@ -48,7 +48,7 @@ def test_short_training_moves_the_weights_and_saves_a_full_checkpoint(quick_runs
     for f in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "chat_template.jinja",
               "generation_config.json"):
         assert (path / f).is_file(), f
-    model, processor = T._load(path)
+    model, processor = T.load_checkpoint(path)
     assert model.config.tie_word_embeddings
     assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
 
@@ -68,7 +68,7 @@ def test_a_different_seed_gives_different_weights(tmp_path, quick_runs):
 
 @pytest.fixture(scope="module")
 def model_and_processor(quick_runs):
-    model, processor = T._load(quick_runs[0][0], attn="eager")
+    model, processor = T.load_checkpoint(quick_runs[0][0], attn="eager")
     return model.eval(), processor
 
 
@@ -145,7 +145,7 @@ def test_generator_is_deterministic_and_in_the_mfr_schema():
 def test_bundled_eval_set_is_held_out_of_training():
     import datasets
 
-    from mf_harness.mfr_data import COLORS, bundled_synthetic_path
+    from mf_harness.tasks.mfr.mfr_data import COLORS, bundled_synthetic_path
 
     ds = datasets.load_dataset("parquet", data_files={"test": str(bundled_synthetic_path())}, split="test")
     bundled_pairs = {(r["answer_vision"], r["answer_text"]) for r in ds.remove_columns(["image"]) if r["task"] == "color"}

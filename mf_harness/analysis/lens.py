@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mf_harness.arch import _get, arch_for, resolve
+from mf_harness.core.arch import arch_for, module_at, resolve
 
 __all__ = ["Trace", "capture", "Readout", "readout_weights", "lens_logits", "component_logits", "rms_scale",
            "token_columns"]
@@ -90,7 +90,7 @@ def _recording(model, index: torch.Tensor, store: dict):
 
 def capture(model, inputs, positions: list[torch.Tensor], with_logits: bool = False) -> Trace:
     """Run ``model(**inputs)`` once and capture every site at the given positions per row."""
-    from mf_harness.arch import geometry
+    from mf_harness.core.arch import geometry
 
     geo = geometry(model)
     B = len(positions)
@@ -129,8 +129,8 @@ class Readout:
 
 def readout_weights(model, tokens: list[int]) -> Readout:
     row = arch_for(model)
-    norm = _get(model, row.final_norm)
-    head = _get(model, row.lm_head)
+    norm = module_at(model, row.final_norm)
+    head = module_at(model, row.lm_head)
     t = torch.tensor(sorted(set(tokens)), dtype=torch.long)
     W = head.weight[t.to(head.weight.device)].detach().float()
     eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))

@@ -40,9 +40,9 @@ from mf_harness.analysis.lens import (
     token_columns,
 )
 from mf_harness.analysis.samples import Sample, encode_samples
-from mf_harness.arch import geometry, resolve
-from mf_harness.hooks import HeadPlan, find_cache, intervene
-from mf_harness.spec import Head, InterventionSpec
+from mf_harness.core.arch import geometry, resolve
+from mf_harness.core.hooks import HeadPlan, find_cache, intervene
+from mf_harness.core.spec import Head, InterventionSpec
 
 __all__ = ["lens_and_attribution", "ldar_table", "ablation_effects", "cut_edges", "knockout_nssd", "nssd",
            "final_margins"]

@@ -1,7 +1,7 @@
 """Drivers behind ``mf-harness discover | lens | knockout``: tables, plots and head-set specs.
 
 Every driver loads the model exactly as ``--model_args`` would for lmms-eval
-(`IntervenedQwen`), loads the docs through lmms-eval's own task (`load_task_docs`), runs
+(`IntervenedHF`), loads the docs through lmms-eval's own task (`load_task_docs`), runs
 one measure and writes into ``--output-dir``:
 
 * ``discover``: ``heads.csv`` (per head: mean DLA contribution at the instruction and at the
@@ -40,10 +40,10 @@ def load_lm_and_samples(model_args: str, tasks: Sequence[str], limit: int | None
     from lmms_eval.utils import simple_parse_args_string
 
     from mf_harness.analysis.samples import load_task_docs, prepare_samples
-    from mf_harness.models import IntervenedQwen
+    from mf_harness.lmms.model import IntervenedHF
 
     args = simple_parse_args_string(model_args or "")
-    lm = IntervenedQwen(**args)
+    lm = IntervenedHF(**args)
     if not lm.spec.is_empty:
         from mf_harness.errors import MfHarnessError
 
@@ -139,7 +139,7 @@ def discover(model_args: str, out: Path, tasks=("mfr_text", "mfr_vision"), limit
     import pandas as pd
 
     from mf_harness.analysis.measures import ablation_effects, lens_and_attribution
-    from mf_harness.spec import Head, InterventionSpec
+    from mf_harness.core.spec import Head, InterventionSpec
 
     if method not in ("dla", "ablation", "both"):
         from mf_harness.errors import MfHarnessError

@@ -2,7 +2,7 @@
 
 One code path: docs come from lmms-eval's own task (``TaskManager`` + ``get_task_dict``),
 prompts from the task's ``doc_to_text`` / ``doc_to_visual``, rendering and encoding from
-`IntervenedQwen` (chat template, image path, padding). On top, each sample carries:
+the model's `PromptCodec` (chat template, padding) and its image preparation. On top, each sample carries:
 
 * **token sets** (positions in its unpadded row): ``image``, ``context``, ``instruction``
   (the modality-specifying sentence), ``format`` (the output-format sentence),
@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import torch
 
 from mf_harness.errors import DataError, MfHarnessError
 
@@ -52,7 +51,7 @@ def load_task_docs(task: str, limit: int | None = None):
     """(task object, docs) of an lmms-eval task, through lmms-eval's own loader."""
     from lmms_eval.tasks import TaskManager, get_task_dict
 
-    import mf_harness.lmms_plugin as plugin
+    import mf_harness.lmms.plugin as plugin
 
     plugin.install()
     tm = TaskManager("ERROR")
@@ -87,8 +86,6 @@ def _span(rendered: str, u0: int, user_text: str, needle: str | None) -> list[tu
 def prepare_samples(lm, task_obj, docs: Sequence[dict], extra_forms: Mapping[str, Sequence[str]] | None = None,
                     ) -> list[Sample]:
     """Render every doc as the wrapper would and locate its token sets and answer tokens."""
-    from mf_harness.scopes import span_positions
-
     tok = lm.tokenizer
     extra = {k.lower(): list(v) for k, v in (extra_forms or {}).items()}
     samples = []
@@ -98,9 +95,9 @@ def prepare_samples(lm, task_obj, docs: Sequence[dict], extra_forms: Mapping[str
             if key not in doc:
                 raise DataError(f"{label}: doc has no {key!r} field; analysis needs an mfr-style task")
         ctx = task_obj.doc_to_text(doc)
-        images = lm._visuals(task_obj.doc_to_visual, doc, label)
-        rendered, user_text = lm.render(ctx, len(images))
-        enc = lm._encode([rendered], [images])
+        images = lm.visuals(task_obj.doc_to_visual, doc, label)
+        rendered, user_text = lm.codec.render(ctx, len(images))
+        enc = lm.codec.encode([rendered], [images])
         ids = enc["input_ids"][0].tolist()
         u0 = rendered.rfind(user_text)
 
@@ -120,11 +117,11 @@ def prepare_samples(lm, task_obj, docs: Sequence[dict], extra_forms: Mapping[str
         for name, needle in (("context", doc.get("context")), ("instruction", doc.get("instruction")),
                              ("format", doc.get("format_instruction")), ("question", doc.get("question"))):
             spans = _span(rendered, u0, user_text, needle)
-            sets[name] = span_positions(rendered, spans, ids, tok, lm._placeholder_ids) if spans else []
+            sets[name] = lm.codec.span_positions(rendered, spans, ids) if spans else []
         if not sets["instruction"]:
             raise DataError(f"{label}: instruction {doc['instruction']!r} not found in the prompt")
-        sets["prompt_text"] = span_positions(rendered, [(u0, u0 + len(user_text))], ids, tok, lm._placeholder_ids)
-        sets["image"] = [p for p, t in enumerate(ids) if t in lm.image_token_ids]
+        sets["prompt_text"] = lm.codec.span_positions(rendered, [(u0, u0 + len(user_text))], ids)
+        sets["image"] = lm.codec.image_positions(ids)
         sets["last"] = [len(ids) - 1]
         samples.append(Sample(sample_id=str(doc.get("sample_id", i)), follow=str(doc.get("follow", "")), doc=doc,
                               rendered=rendered, user_text=user_text, images=images, compliant_ids=ec,
@@ -134,15 +131,10 @@ def prepare_samples(lm, task_obj, docs: Sequence[dict], extra_forms: Mapping[str
 
 def encode_samples(lm, samples: Sequence[Sample]) -> tuple[Any, list[int]]:
     """Left-padded batch inputs for ``samples`` and each row's padding offset."""
-    enc = lm._encode([s.rendered for s in samples], [s.images for s in samples])
+    enc = lm.codec.encode([s.rendered for s in samples], [s.images for s in samples])
     S = enc["input_ids"].shape[1]
     offsets = [S - s.length for s in samples]
     for s, off in zip(samples, offsets):
         if int(enc["attention_mask"][samples.index(s)].sum()) != s.length:
             raise RuntimeError(f"{s.label}: batch encoding changed the prompt length")
     return enc, offsets
-
-
-def positions_tensor(samples: Sequence[Sample], offsets: Sequence[int], name: str) -> list[torch.Tensor]:
-    """Absolute (padded) positions of token set ``name`` per row."""
-    return [torch.tensor([o + p for p in s.token_sets[name]], dtype=torch.long) for s, o in zip(samples, offsets)]

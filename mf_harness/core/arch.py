@@ -1,0 +1,201 @@
+"""Architecture knowledge, as one table: one row per VLM family (``config.model_type``).
+
+A row says two things about a family:
+
+* **where** the per-head site is. It is the input of each text decoder layer's
+  attention output projection (``<layers>[i].<attn>.<o_proj>``), shape
+  ``[batch, seq, heads * head_dim]``; head ``h`` is the slice
+  ``h*head_dim:(h+1)*head_dim`` (the head's output z_h before W_O mixes heads).
+  Blocking/amplifying a head multiplies that slice (`mf_harness.core.hooks`).
+* **how lmms-eval prompts it**, as the row's `PromptStyle`, data that the one prompt codec
+  (`mf_harness.core.prompting.PromptCodec`) reads: the chat turn is always
+  ``[system (if any)] + user[image x n, text]`` rendered by the checkpoint's own chat
+  template; a row picks the system prompt, how images are prepared, whether a batch
+  nests images per row, extra processor arguments, the default generation length
+  and which stop tokens apply. ``upstream`` names the lmms-eval 0.7.3 wrapper whose
+  conventions the row reproduces.
+
+A new family is one `ArchRow` here, its builder in `mf_harness.tiny`, and its tiny-model
+test (``tests/test_families.py`` is parametrized over this table).
+
+Not in the table, on purpose:
+
+* **DeepSeek-VL2** (``deepseek_vl_v2``). Its decoder would fit (``language.model.layers[i]
+  .self_attn.o_proj`` takes ``[batch, seq, heads * v_head_dim]`` in both its MLA and MHA
+  attention classes), but its code is not loadable here: it lives in DeepSeek's
+  ``deepseek_vl2`` package (not in transformers; transformers 5 ships only DeepSeek-VL v1
+  as ``deepseek_vl``), which pins ``transformers==4.38.2`` and imports names transformers 5
+  removed (``LlamaFlashAttention2``; its attention calls ``Cache.get_usable_length``);
+  and it is driven through its own processor and ``prepare_inputs_embeds`` +
+  ``language.generate(inputs_embeds=...)``, not ``AutoModelForImageTextToText`` +
+  ``AutoProcessor``. ``trust_remote_code=true`` cannot change any of that; supporting it
+  needs a port of that code to transformers 5.
+* Qwen3.5 (``qwen3_5``): most of its decoder layers are linear-attention (Gated
+  DeltaNet) layers without ``self_attn.o_proj``, so there is no per-head site in them.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn as nn
+
+__all__ = ["ArchRow", "PromptStyle", "DEFAULT_SYSTEM_PROMPT", "ARCH", "MODEL_NAMES", "arch_for", "resolve", "text_decoder", "module_at",
+           "HeadGeometry", "geometry"]
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How lmms-eval's wrapper for a family prompts it (read by `mf_harness.core.prompting.PromptCodec`)."""
+
+    image_token: str = "<image>"  # what the chat template writes for one image (expanded by the processor)
+    system_prompt: str | None = None  # default system turn (model_args system_prompt= overrides)
+    system_as_parts: bool = True  # system content as [{"type": "text", ...}] (False: a plain string)
+    image_prep: str = "none"  # see mf_harness.lmms.images.IMAGE_PREP: "qwen_jpeg" | "qwen" | "jpeg" | "none"
+    nested_images: bool = False  # processor wants images as [[row 0 images], [row 1 images], ...]
+    processor_kwargs: tuple[tuple[str, Any], ...] = ()  # passed to every processor call
+    max_new_tokens: int = 1024  # default when the task sets none
+    stop: str = "tokenizer"  # generate's eos: "tokenizer" (its eos token) | "generation_config" (the model's)
+    min_pixels: int | None = None  # Qwen image resize bounds (qwen-vl-utils' smart_resize)
+    max_pixels: int | None = None
+
+
+@dataclass(frozen=True)
+class ArchRow:
+    # --- where: module paths from the top-level model
+    family: str  # config.model_type
+    layers: str  # the text decoder's layer list
+    final_norm: str  # the text model's final norm (logit lens)
+    lm_head: str = "lm_head"
+    attn: str = "self_attn"  # attention module inside a decoder layer
+    o_proj: str = "o_proj"  # output projection inside the attention module
+    text_config: str = "text_config"  # config attribute with the text model's sizes ("" = top level)
+    norm_offset: float = 0.0  # the final norm scales by (norm_offset + weight) (Gemma: 1)
+    rope_3d: bool = False  # multimodal RoPE: the model derives positions itself; never pass 1-D position_ids
+    # --- how lmms-eval names and prompts it
+    alias: str = "intervened_hf"  # the family's lmms-eval model name (all names are one class)
+    upstream: str = ""  # the lmms-eval 0.7.3 wrapper followed
+    prompt: PromptStyle = PromptStyle()
+
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # lmms-eval's system turn for Qwen and Gemma 3
+_QWEN_PROMPT = dict(image_token="<|image_pad|>", system_prompt=DEFAULT_SYSTEM_PROMPT, system_as_parts=False)
+_QWEN = dict(layers="model.language_model.layers", final_norm="model.language_model.norm", rope_3d=True,
+             alias="intervened_qwen")
+_LM = dict(layers="model.language_model.layers", final_norm="model.language_model.norm")
+_IDEFICS = dict(layers="model.text_model.layers", final_norm="model.text_model.norm", upstream="idefics2 (simple)",
+                prompt=PromptStyle(nested_images=True, stop="generation_config"))  # no Idefics3/SmolVLM wrapper
+
+ARCH: dict[str, ArchRow] = {
+    row.family: row
+    for row in (
+        ArchRow("qwen2_5_vl", **_QWEN, upstream="qwen2_5_vl (simple)",
+                prompt=PromptStyle(**_QWEN_PROMPT, image_prep="qwen_jpeg", max_new_tokens=32768,
+                                   min_pixels=256 * 28 * 28, max_pixels=1605632)),
+        ArchRow("qwen2_vl", **_QWEN, upstream="qwen2_vl (simple)",
+                prompt=PromptStyle(**_QWEN_PROMPT, image_prep="qwen_jpeg", max_new_tokens=128, min_pixels=3136,
+                                   max_pixels=602112)),
+        ArchRow("qwen3_vl", **_QWEN, upstream="qwen3_vl (simple)",
+                prompt=PromptStyle(**_QWEN_PROMPT, image_prep="qwen", processor_kwargs=(("do_resize", False),),
+                                   max_new_tokens=128, min_pixels=256 * 28 * 28, max_pixels=1605632)),
+        ArchRow("internvl", **_LM, alias="intervened_internvl", upstream="internvl_hf (chat)",
+                prompt=PromptStyle(image_token="<IMG_CONTEXT>",
+                                   processor_kwargs=(("min_patches", 1), ("max_patches", 12)))),
+        ArchRow("llava", **_LM, alias="intervened_llava", upstream="llava_hf (chat)"),
+        ArchRow("llava_onevision", **_LM, alias="intervened_llava", upstream="llava_hf (chat)"),
+        ArchRow("gemma3", **_LM, norm_offset=1.0, alias="intervened_gemma3", upstream="gemma3 (simple)",
+                prompt=PromptStyle(image_token="<start_of_image>", system_prompt=DEFAULT_SYSTEM_PROMPT,
+                                   image_prep="jpeg", nested_images=True, max_new_tokens=128,
+                                   stop="generation_config")),
+        ArchRow("idefics3", **_IDEFICS, alias="intervened_idefics3"),
+        ArchRow("smolvlm", **_IDEFICS, alias="intervened_smolvlm"),
+    )
+}
+
+
+# every lmms-eval name of the one model class
+MODEL_NAMES = ("intervened_hf", *sorted({row.alias for row in ARCH.values()} - {"intervened_hf"}))
+
+
+def module_at(obj, path: str):
+    """The attribute at a dotted ``path`` of ``obj`` (digits index lists): ``module_at(model, row.final_norm)``."""
+    for part in path.split(".") if path else []:
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def arch_for(model_or_config) -> ArchRow:
+    config = getattr(model_or_config, "config", model_or_config)
+    family = getattr(config, "model_type", None)
+    if family not in ARCH:
+        raise ValueError(
+            f"model family {family!r} is not in mf-harness's architecture table; known: {', '.join(sorted(ARCH))}"
+        )
+    return ARCH[family]
+
+
+@dataclass(frozen=True)
+class HeadGeometry:
+    num_layers: int
+    num_heads: int
+    head_dim: int
+
+    @property
+    def total_heads(self) -> int:
+        return self.num_layers * self.num_heads
+
+
+def geometry(model_or_config) -> HeadGeometry:
+    config = getattr(model_or_config, "config", model_or_config)
+    row = arch_for(config)
+    tc = module_at(config, row.text_config) if row.text_config else config
+    heads = tc.num_attention_heads
+    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
+    return HeadGeometry(tc.num_hidden_layers, heads, head_dim)
+
+
+def text_decoder(model: nn.Module) -> nn.Module:
+    """The text decoder that holds the layers (every forward of the model, the inner model or the
+    language model alone runs through it once)."""
+    row = arch_for(model)
+    path = row.layers.rsplit(".", 1)[0] if "." in row.layers else ""
+    try:
+        return module_at(model, path)
+    except (AttributeError, IndexError, TypeError) as e:
+        raise RuntimeError(f"{row.family}: text decoder not found at {path!r} ({e})") from e
+
+
+_RESOLVED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def resolve(model: nn.Module) -> tuple[ArchRow, list[nn.Module], list[nn.Module], list[nn.Linear]]:
+    """Return (row, decoder layers, attention modules, o_proj modules); raise if any site is missing.
+    Resolved once per model object (the sites of a loaded model do not move)."""
+    hit = _RESOLVED.get(model)
+    if hit is not None:
+        return hit
+    row = arch_for(model)
+    geo = geometry(model)
+    try:
+        layers = list(module_at(model, row.layers))
+    except (AttributeError, IndexError, TypeError) as e:
+        raise RuntimeError(f"{row.family}: decoder layers not found at {row.layers!r} ({e})") from e
+    if len(layers) != geo.num_layers:
+        raise RuntimeError(f"{row.family}: found {len(layers)} layers at {row.layers!r}, config says {geo.num_layers}")
+    attns, oprojs = [], []
+    for i, layer in enumerate(layers):
+        attn = getattr(layer, row.attn, None)
+        o_proj = getattr(attn, row.o_proj, None) if attn is not None else None
+        if not isinstance(o_proj, nn.Linear):
+            raise RuntimeError(f"{row.family}: layer {i} has no {row.attn}.{row.o_proj} linear layer")
+        if o_proj.in_features != geo.num_heads * geo.head_dim:
+            raise RuntimeError(
+                f"{row.family}: layer {i} {row.o_proj} takes {o_proj.in_features} features, "
+                f"expected heads*head_dim = {geo.num_heads}*{geo.head_dim}"
+            )
+        attns.append(attn)
+        oprojs.append(o_proj)
+    _RESOLVED[model] = (row, layers, attns, oprojs)
+    return row, layers, attns, oprojs

@@ -1,0 +1,215 @@
+"""The card's evaluation: MFR through lmms-eval, targeted vs random heads, the head-set spec files."""
+
+from __future__ import annotations
+
+
+import math
+import os
+import time
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from mf_harness.embedded.train.batches import pixel_bounds
+from mf_harness.embedded.train.config import DEFAULT
+from mf_harness.embedded.train.loop import load_checkpoint
+from mf_harness.embedded.train.measure import (bundled_docs, first_token_mfr, head_effects, ldar_by_layer,
+                                               random_heads, ranked_heads)
+
+
+def wilson_ci(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (math.nan, math.nan)
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    w = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (round(max(0.0, c - w), 4), round(min(1.0, c + w), 4))
+
+
+def t_ci(values: Sequence[float]) -> tuple[float, float]:
+    # two-sided 95% Student t quantiles for n-1 degrees of freedom (n = 2..10)
+    t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return (m, m)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    h = t.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return (round(m - h, 4), round(m + h, 4))
+
+
+def paired_bootstrap(targeted: Sequence[int], randoms: Sequence[Sequence[int]], reps: int = 2000, seed: int = 0):
+    """95% CI of mean_seeds(random MFR) - targeted MFR, resampling docs (paired across conditions)."""
+    import random
+
+    n = len(targeted)
+    per_doc = [sum(r[i] for r in randoms) / len(randoms) - targeted[i] for i in range(n)]
+    rng = random.Random(seed)
+    stats = sorted(sum(per_doc[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
+    return (round(stats[int(0.025 * reps)], 4), round(stats[int(0.975 * reps) - 1], 4))
+
+
+def lmms_mfr(path: Path, follow: str, extra_args: str = "", env: dict | None = None) -> list[int]:
+    """Per-doc 0/1 MFR on the bundled set through the real lmms-eval path (`mf_harness.lmms.run.run_mfr`)."""
+    from mf_harness.lmms.run import run_mfr
+    from mf_harness.tasks.mfr.mfr import process_results
+
+    task = f"mfr_{follow}"
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    # the wrapper applies lmms-eval's Qwen pixel bounds to any checkpoint but `pretrained=embedded`;
+    # pass this checkpoint's own bounds so a directory is evaluated exactly as `embedded` is
+    from transformers import AutoProcessor
+
+    lo, hi, _ = pixel_bounds(AutoProcessor.from_pretrained(path))
+    margs = f"pretrained={path},min_pixels={lo},max_pixels={hi}" + (f",{extra_args}" if extra_args else "")
+    try:
+        res = run_mfr(margs, tasks=(task,))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    docs = bundled_docs(follow) if not env else None
+    answers = res[task]["answers"]
+    if docs is None:
+        # the instruction differs, not the answers: score against the default docs' answer sets
+        docs = bundled_docs(follow)
+    out = []
+    for i in range(len(docs)):
+        a = answers[i]
+        out.append(int(process_results(docs[i], [a[0] if isinstance(a, list) else a])["mfr"]))
+    return out
+
+
+def evaluate(path: str | Path, seed: int = 0, ks: Sequence[int] = (1, 2, 4, 8), n_random: int = 5,
+             ranking_rows: int = 96, log=print) -> dict[str, Any]:
+    """Everything the model card reports, measured on the checkpoint at ``path``."""
+    import torch
+
+    from mf_harness.embedded.train import synth
+    from mf_harness.core.arch import geometry
+    from mf_harness.core.spec import InterventionSpec
+
+    path = Path(path)
+    torch.set_num_threads(DEFAULT.threads)
+    model, processor = load_checkpoint(path, attn="sdpa")
+    model.eval()
+    geo = geometry(model)
+    out: dict[str, Any] = {"heads": [geo.num_layers, geo.num_heads]}
+    t0 = time.time()
+
+    # 1. held-out MFR through lmms-eval: the eval default phrasing and the two held-out ones
+    phr = {"paper": {}, "focus (held out)": {"MF_HARNESS_INSTRUCTION": "focus"},
+           "custom (held out)": {"MF_HARNESS_INSTRUCTION_TEXT": synth.HELDOUT_INSTRUCTIONS["text"][1],
+                                 "MF_HARNESS_INSTRUCTION_VISION": synth.HELDOUT_INSTRUCTIONS["vision"][1]}}
+    per_doc: dict[str, list[int]] = {}
+    out["mfr"] = {}
+    for name, env in phr.items():
+        out["mfr"][name] = {}
+        for follow in ("text", "vision"):
+            hits = lmms_mfr(path, follow, env=env or None)
+            if name == "paper":
+                per_doc[follow] = hits
+            p = sum(hits) / len(hits)
+            out["mfr"][name][follow] = {"mfr": round(p, 4), "n": len(hits), "ci95": wilson_ci(p, len(hits))}
+        log(f"  MFR {name}: {out['mfr'][name]}  ({time.time() - t0:.0f}s)")
+
+    # 2. where the conflict is settled: LDAR by layer on the bundled docs
+    docs = {f: bundled_docs(f) for f in ("text", "vision")}
+    out["ldar"] = {f: ldar_by_layer(model, processor, docs[f]) for f in docs}
+    log(f"  LDAR {out['ldar']}  ({time.time() - t0:.0f}s)")
+
+    # 3. heads ranked by single-head ablation on generator rows (not the eval set)
+    out["effects"], out["ranking"] = {}, {}
+    for follow in ("text", "vision"):
+        rows = synth.heldout_rows(seed + 7, ranking_rows, follow=follow)
+        for scope in ("instruction", "last"):
+            eff = head_effects(model, processor, rows, scope)
+            out["effects"][f"{follow}/{scope}"] = [[round(float(x), 3) for x in r] for r in eff]
+            out["ranking"][f"{follow}/{scope}"] = [f"L{l}H{h}" for l, h in ranked_heads(eff)]
+    log(f"  rankings done ({time.time() - t0:.0f}s)")
+
+    # 4. fast sweep (first answer token) over k: targeted vs n_random random sets
+    out["sweep"] = {}
+    for follow in ("text", "vision"):
+        for scope in ("instruction", "last"):
+            ranked = [InterventionSpec(block=[h]).block[0] for h in out["ranking"][f"{follow}/{scope}"]]
+            for k in ks:
+                top = [(h.layer, h.head) for h in ranked[:k]]
+                tgt = first_token_mfr(model, processor, docs[follow], InterventionSpec(block=top, scope=scope))
+                rnd = [first_token_mfr(model, processor, docs[follow],
+                                       InterventionSpec(block=random_heads(k, s, top, geo.num_layers, geo.num_heads),
+                                                        scope=scope)) for s in range(n_random)]
+                out["sweep"][f"{follow}/{scope}/k{k}"] = {"targeted": round(tgt, 4),
+                                                         "random": [round(r, 4) for r in rnd]}
+    out["clean_first_token_mfr"] = {f: round(first_token_mfr(model, processor, docs[f]), 4) for f in docs}
+    log(f"  sweep done ({time.time() - t0:.0f}s)")
+    out["eval_seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def headline(path: str | Path, results: dict, follow: str, scope: str, k: int, n_random: int = 5) -> dict:
+    """Targeted top-k vs ``n_random`` random k-head sets at ``scope``, through lmms-eval, with CIs."""
+    from mf_harness.core.spec import InterventionSpec
+
+    L, H = results["heads"]
+    top = [InterventionSpec(block=[h]).block[0] for h in results["ranking"][f"{follow}/{scope}"][:k]]
+    top_t = [(h.layer, h.head) for h in top]
+    base = lmms_mfr(Path(path), follow)
+    tgt = lmms_mfr(Path(path), follow, f"block={'+'.join(map(str, top))},scope={scope}")
+    rnd_sets = [random_heads(k, s, top_t, L, H) for s in range(n_random)]
+    rnd = [lmms_mfr(Path(path), follow, f"block={'+'.join(f'L{l}H{h}' for l, h in hs)},scope={scope}")
+           for hs in rnd_sets]
+    n = len(tgt)
+    m = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    rnd_means = [m(r) for r in rnd]
+    return {
+        "follow": follow, "scope": scope, "k": k, "n": n,
+        "heads": [str(h) for h in top],
+        "original": {"mfr": round(m(base), 4), "ci95": wilson_ci(m(base), n)},
+        "targeted": {"mfr": round(m(tgt), 4), "ci95": wilson_ci(m(tgt), n)},
+        "random": {"mfr_mean": round(m(rnd_means), 4), "per_seed": [round(x, 4) for x in rnd_means],
+                   "ci95_over_seeds": t_ci(rnd_means),
+                   "heads": [[f"L{l}H{h}" for l, h in hs] for hs in rnd_sets]},
+        "gap": round(m(rnd_means) - m(tgt), 4),
+        "gap_ci95_paired_bootstrap": paired_bootstrap(tgt, rnd),
+    }
+
+
+def choose_k(results: dict, follow: str, scope: str, bar: float = 0.3) -> int:
+    """The smallest k whose first-token sweep gap (random mean - targeted) reaches ``bar``, else the largest gap."""
+    rows = []
+    for key, v in results["sweep"].items():
+        f, sc, k = key.split("/")
+        if f == follow and sc == scope:
+            gap = sum(v["random"]) / len(v["random"]) - v["targeted"]
+            rows.append((int(k[1:]), gap))
+    rows.sort()
+    for k, gap in rows:
+        if gap >= bar:
+            return k
+    return max(rows, key=lambda x: x[1])[0]
+
+
+def write_specs(results: dict, out_dir: Path, model_label: str | None) -> list[Path]:
+    """One spec JSON per (follow, scope) headline: ``embedded_<follow>_<scope>_top<k>.json``."""
+    from mf_harness.core.spec import InterventionSpec
+
+    paths = []
+    for h in results["headlines"]:
+        name = f"embedded_{h['follow']}_{h['scope']}_top{h['k']}"
+        spec = InterventionSpec(block=h["heads"], scope=h["scope"], name=name, provenance={
+            "model": model_label or "embedded",
+            "weights_sha256": results.get("weights_sha256", ""),
+            "method": f"top-{h['k']} heads by single-head ablation at scope '{h['scope']}': mean drop of the "
+                      f"compliant-minus-competing logit margin at the last prompt position, "
+                      f"{results['ranking_rows']} generator rows (mf_harness.embedded.train.synth.heldout_rows, seed "
+                      f"{results['ranking_seed']}), follow={h['follow']}",
+            "eval": f"bundled mfr_{h['follow']} (n={h['n']}): original {h['original']['mfr']}, targeted "
+                    f"{h['targeted']['mfr']}, random k={h['k']} x{len(h['random']['per_seed'])} seeds "
+                    f"{h['random']['mfr_mean']} (gap {h['gap']}, 95% CI {h['gap_ci95_paired_bootstrap']})",
+        })
+        paths.append(spec.save(out_dir / f"{name}.json"))
+    return paths

@@ -1,0 +1,132 @@
+"""Many specs on one prompt, near the physical limit: per-row specs, a shared prefix, one vision pass.
+
+A sweep scores dozens of specs on the same prompts. An intervention acts only from the
+first intervened position p on (for scope ``instruction``: the first instruction token),
+so the prompt before p (system prompt, image tokens, text context) is identical for every
+spec. `MultiSpecRunner.generate` therefore, per sample:
+
+1. renders and encodes the prompt once (as the lmms-eval wrapper does);
+2. runs the prefix ``[0, p)`` once, vision tower included, into a KV cache (this is the
+   only place the image is encoded);
+3. repeats that cache over R rows, row i carrying spec i (the unintervened baseline is just
+   an empty spec), and lets ``generate`` compute only the suffix ``[p, L)`` and the new
+   tokens, with a per-row `HeadPlan` (positions are absolute, so the hooks need no change).
+
+Exact against one spec at a time (same tokens; logits equal within float tolerance; Qwen's
+3-D mrope positions come from the prefix pass's ``rope_deltas``), tested on the tiny
+models. When sharing cannot apply it falls back, saying so once: a spec that acts at or
+before the last image token (scopes ``prompt``/``all``), or a model family without a KV
+cache in ``generate``. Rows beyond ``max_rows`` are run in chunks, each from a copy of the
+same prefix cache.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from loguru import logger
+
+from mf_harness.core.hooks import HeadPlan, cache_kwarg, intervene, output_cache
+from mf_harness.core.spec import InterventionSpec
+from mf_harness.lmms.model import parse_gen_kwargs
+
+__all__ = ["MultiSpecRunner"]
+
+
+class MultiSpecRunner:
+    """Evaluate R specs on one prompt in one batched, prefix-shared generate (see module doc)."""
+
+    def __init__(self, lm, max_rows: int = 64, share_prefix: bool = True) -> None:
+        self.lm = lm
+        self.max_rows = max_rows
+        self.share_prefix = share_prefix
+        self._warned: set[str] = set()
+        self.stats = {"prefix_passes": 0, "suffix_rows": 0, "fallbacks": 0}
+
+    def _warn_once(self, why: str) -> None:
+        if why not in self._warned:
+            self._warned.add(why)
+            logger.warning(f"prefix sharing off: {why}; recomputing the whole prompt per row")
+
+    def plan(self, specs, rendered, user_text, enc, doc, label) -> HeadPlan | None:
+        """The plan of R specs on one encoded prompt (row i carries spec i)."""
+        R = len(specs)
+        ids = enc["input_ids"].expand(R, -1)
+        att = enc["attention_mask"].expand(R, -1)
+        return self.lm.codec.plan(list(specs), [rendered] * R, [user_text] * R, ids, att, [doc] * R, [label] * R)
+
+    def prefix_length(self, plan: HeadPlan | None, enc) -> int:
+        """First position any row intervenes at (the whole prompt when no row does), or 0 to fall back."""
+        L = enc["input_ids"].shape[1]
+        if plan is None or not plan.mask.any():
+            p = L - 1  # nothing intervenes on the prompt: share all but the last token
+        else:
+            p = int(plan.mask.any(0).nonzero().min())
+        if not self.lm.row.rope_3d:
+            self._warn_once(f"prefix sharing is validated for the Qwen families only, not {self.lm.family}")
+            return 0
+        if p <= self.lm.codec.last_image_position(enc["input_ids"][0]):
+            self._warn_once("a spec acts at or before the image tokens (scope prompt/all?)")
+            return 0
+        return p
+
+    def generate(self, context: str, images: list, doc: dict, specs: Sequence[InterventionSpec], gen_kwargs: dict,
+                 label: str = "doc") -> list[str]:
+        lm = self.lm
+        model = lm.model
+        rendered, user_text = lm.codec.render(context, len(images))
+        enc = lm.codec.encode([rendered], [images])
+        plan = self.plan(specs, rendered, user_text, enc, doc, label)
+        kw, until = parse_gen_kwargs(gen_kwargs, lm.default_max_new_tokens)
+        if kw["num_beams"] > 1:
+            raise ValueError("beam search is not supported by the multi-spec runner")
+        p = self.prefix_length(plan, enc) if self.share_prefix else 0
+        device = lm.device
+        enc = enc.to(device)
+        tok = lm.tokenizer
+        answers: list[str] = []
+        L = enc["input_ids"].shape[1]
+        # per-token inputs (ids, mask, token-type ids) are cut at the prefix and repeated per row
+        per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
+        prefix_cache = None
+        with torch.inference_mode():
+            if p > 0:
+                from transformers import DynamicCache
+
+                if hasattr(model.model, "rope_deltas"):
+                    model.model.rope_deltas = None  # recomputed from this prompt by the prefix pass
+                pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
+                out = model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)}, use_cache=True)
+                prefix_cache = output_cache(out)
+                self.stats["prefix_passes"] += 1
+            else:
+                self.stats["fallbacks"] += 1
+            for start in range(0, len(specs), self.max_rows):
+                rows = slice(start, min(len(specs), start + self.max_rows))
+                R = rows.stop - rows.start
+                sub = plan.rows(rows) if plan is not None else None
+                feed = {}
+                for k, v in enc.items():
+                    if k in per_token:
+                        feed[k] = v.expand(R, -1)
+                    elif prefix_cache is None and torch.is_tensor(v):
+                        feed[k] = v.repeat(R, *([1] * (v.dim() - 1)))  # one sample's image tensors, per row
+                    elif prefix_cache is None:
+                        feed[k] = v
+                    elif k == "image_grid_thw":
+                        feed[k] = v.repeat(R, 1)  # positions only; pixel_values are not needed past the prefix
+                if prefix_cache is not None:
+                    cache = copy.deepcopy(prefix_cache)
+                    cache.batch_repeat_interleave(R)
+                    feed[cache_kwarg(model)] = cache
+                self.stats["suffix_rows"] += R
+                with intervene(model, sub):
+                    out = model.generate(**feed, pad_token_id=tok.pad_token_id, use_cache=True, **lm.stop_kwargs, **kw)
+                texts = tok.batch_decode(out[:, L:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                for t in texts:
+                    for u in until:
+                        t = t.split(u)[0]
+                    answers.append(t)
+        return answers

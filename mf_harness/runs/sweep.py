@@ -1,0 +1,424 @@
+"""Sweeps of head sets with controls, in the paper's protocol, as resumable lmms-eval runs.
+
+A sweep crosses head sets x k x intervention (block, amplify at each coefficient) x scope,
+and evaluates each cell on the MFR task of the head set's direction (``mfr_text`` for
+text-following heads; ``mfr_task="mfr_mc2"`` gives ``mfr_mc2_text``) plus any capability tasks. Head sets per direction:
+
+* ``targeted``: the top-k heads of a ranking (``heads.csv`` from ``mf-harness discover``);
+* ``random``: k random heads **matched layer by layer** to the targeted set (same number of
+  heads in each layer, drawn from that layer's non-targeted heads), one set per seed
+  (``seeds``, default 5; the set is a pure function of (direction, k, seed));
+* ``random_any``: k random heads drawn from every non-targeted head of the model, **not**
+  matched by layer (the plain "k random heads" control; one set per seed). Where the
+  targeted heads fill most of their layer (small models), the layer-matched control is
+  nearly the targeted set itself and only this one tests head specificity;
+* ``shared``: the heads in both the text and the vision top-K (K = the largest k);
+* ``layers``: every head of the layers the targeted set touches (a coarse control).
+
+Protocol (the paper's): blocking is scored on the samples the original model follows
+(``followed``: its MFR is 1 by construction), amplification on its failures (``failed``:
+MFR 0); both are also scored on the full set (``full``). Every cell runs on the full set
+once, and the subsets are views of the same per-sample outcomes.
+
+Engines. ``lmms``: each cell is one lmms-eval run (``simple_evaluate``). ``fast`` (default):
+the MFR tasks of all pending cells are evaluated together, one sample at a time, with every
+cell's spec as a row of one batched, prefix-shared generate (`mf_harness.lmms.fast_engine`): the
+vision tower and the shared prompt prefix run once per sample instead of once per cell, and
+the answers are scored by the lmms-eval task's own ``process_results`` and aggregations.
+Capability tasks always go through ``simple_evaluate``. Both engines give identical records.
+
+Outputs. Every cell gets a results directory in lmms-eval's layout under
+``<out>/runs/<cell>/`` (results JSON and per-task samples JSONL), plus
+``<out>/cells/<cell>.json`` with its per-sample outcomes, written atomically when the cell
+completes. A rerun of the same command skips completed cells, and the fast engine also keeps
+a per-sample answer log (``<out>/fast/<task>.jsonl``) so a sweep killed mid-task resumes at the
+next sample: nothing completed is recomputed, nothing is lost, and the final records are
+identical to an uninterrupted run's (dates come from the sweep manifest, bootstrap seeds are
+fixed).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from mf_harness.errors import MfHarnessError
+from mf_harness.provenance import git_hash, package_versions
+from mf_harness.core.spec import Head, InterventionSpec
+
+__all__ = ["SweepConfig", "Cell", "plan_cells", "run_sweep", "random_matched", "random_any", "load_rankings",
+           "CONTROLS"]
+
+CONTROLS = ("random", "random_any", "shared", "layers")
+
+
+@dataclass
+class SweepConfig:
+    model_args: str = "pretrained=embedded"
+    rankings: str = ""  # heads.csv from `mf-harness discover` (or its directory)
+    ks: list[int] = field(default_factory=lambda: [10, 20, 30, 40])
+    seeds: int = 5
+    block: bool = True
+    coefficients: list[float] = field(default_factory=list)  # amplify at each
+    scopes: list[str] = field(default_factory=lambda: ["instruction"])
+    follows: list[str] = field(default_factory=lambda: ["text", "vision"])
+    controls: list[str] = field(default_factory=lambda: ["random", "shared", "layers"])
+    capability_tasks: list[str] = field(default_factory=list)
+    limit: int | None = None
+    batch_size: int = 8
+    name: str = "sweep"
+    engine: str = "fast"  # fast: all specs of a sample in one prefix-shared batch; lmms: one lmms-eval run per cell
+    mfr_task: str = "mfr"  # MFR task family: <mfr_task>_text / <mfr_task>_vision (mfr, mfr_mc2, mfr_dev, your own)
+
+    def mfr_task_for(self, follow: str) -> str:
+        return f"{self.mfr_task}_{follow}"
+
+    def mfr_tasks(self) -> set[str]:
+        """The MFR tasks this sweep scores (everything else it runs is a capability task)."""
+        return {self.mfr_task_for(f) for f in self.follows}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SweepConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise MfHarnessError(f"unknown sweep config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Cell:
+    head_set: str  # original | targeted | random | random_any | shared | layers
+    follow: str | None
+    k: int | None
+    seed: int | None
+    intervention: str  # none | block | amplify
+    coefficient: float | None
+    scope: str | None
+    heads: tuple[Head, ...]
+    tasks: tuple[str, ...]
+
+    @property
+    def spec(self) -> InterventionSpec:
+        if self.intervention == "none":
+            return InterventionSpec(name="original")
+        kw = {"block": self.heads} if self.intervention == "block" else {"amplify": self.heads,
+                                                                         "coefficient": self.coefficient}
+        return InterventionSpec(scope=self.scope, name=self.label, **kw)
+
+    @property
+    def label(self) -> str:
+        if self.intervention == "none":
+            return "original"
+        parts = [self.follow or "", self.head_set]
+        if self.k is not None:
+            parts.append(f"k{self.k}")
+        if self.seed is not None:
+            parts.append(f"s{self.seed}")
+        parts.append(self.intervention if self.intervention == "block" else f"amp{self.coefficient:g}")
+        parts.append(self.scope or "")
+        return "-".join(p for p in parts if p)
+
+    @property
+    def cell_id(self) -> str:
+        h = hashlib.sha256(json.dumps([self.spec.spec_hash, list(self.tasks)]).encode()).hexdigest()[:10]
+        return f"{self.label}-{h}"
+
+    def meta(self) -> dict:
+        return {"head_set": self.head_set, "follow": self.follow, "k": self.k, "seed": self.seed,
+                "intervention": self.intervention, "coefficient": self.coefficient, "scope": self.scope,
+                "spec_name": self.label, "spec_hash": self.spec.spec_hash, "heads": [str(h) for h in self.heads]}
+
+    def model_args(self) -> str:
+        """Inline spec keys (content, not a path), so lmms-eval's response cache keys on what the spec does."""
+        if self.intervention == "none":
+            return ""
+        key = "block" if self.intervention == "block" else "amplify"
+        s = f"{key}={'+'.join(str(h) for h in self.heads)},scope={self.scope},spec_name={self.label}"
+        if self.intervention == "amplify":
+            s += f",coefficient={self.coefficient:g}"
+        return s
+
+
+def load_rankings(path: str | Path) -> dict[str, list[Head]]:
+    """Ranked heads per direction from ``heads.csv`` (columns follow, layer, head, rank)."""
+    import pandas as pd
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "heads.csv"
+    if not p.is_file():
+        raise MfHarnessError(f"rankings not found: {str(path)!r} (expected heads.csv from `mf-harness discover`)")
+    df = pd.read_csv(p)
+    missing = {"follow", "layer", "head", "rank"} - set(df.columns)
+    if missing:
+        raise MfHarnessError(f"{p}: missing columns {sorted(missing)}")
+    return {f: [Head(int(r.layer), int(r.head)) for r in g.sort_values("rank").itertuples()]
+            for f, g in df.groupby("follow")}
+
+
+def random_matched(targeted: Sequence[Head], num_heads: int, seed: int, salt: str = "") -> tuple[Head, ...]:
+    """Random heads with the same count per layer as ``targeted``, avoiding targeted heads where possible."""
+    rng = random.Random(f"{salt}|{seed}|{','.join(map(str, sorted(targeted)))}")
+    chosen: list[Head] = []
+    by_layer: dict[int, int] = {}
+    for h in targeted:
+        by_layer[h.layer] = by_layer.get(h.layer, 0) + 1
+    taken = set(targeted)
+    for layer in sorted(by_layer):
+        pool = [Head(layer, i) for i in range(num_heads) if Head(layer, i) not in taken]
+        need = by_layer[layer]
+        if len(pool) < need:  # the layer is (almost) fully targeted: fall back to the whole layer
+            pool = [Head(layer, i) for i in range(num_heads)]
+        chosen += rng.sample(pool, need)
+    return tuple(sorted(chosen))
+
+
+def random_any(targeted: Sequence[Head], num_layers: int, num_heads: int, seed: int, salt: str = "") -> tuple[Head, ...]:
+    """``len(targeted)`` random heads from all the model's non-targeted heads (any layer)."""
+    rng = random.Random(f"any|{salt}|{seed}|{','.join(map(str, sorted(targeted)))}")
+    taken = set(targeted)
+    pool = [Head(l, h) for l in range(num_layers) for h in range(num_heads) if Head(l, h) not in taken]
+    if len(pool) < len(targeted):
+        pool = [Head(l, h) for l in range(num_layers) for h in range(num_heads)]
+    return tuple(sorted(rng.sample(pool, len(targeted))))
+
+
+def plan_cells(cfg: SweepConfig, rankings: dict[str, list[Head]], num_layers: int, num_heads: int) -> list[Cell]:
+    total = num_layers * num_heads
+    unknown = set(cfg.controls) - set(CONTROLS)
+    if unknown:
+        raise MfHarnessError(f"unknown control(s) {sorted(unknown)}; known: {', '.join(CONTROLS)}")
+    follows = [f for f in cfg.follows if f in rankings]
+    missing = set(cfg.follows) - set(rankings)
+    if missing:
+        raise MfHarnessError(f"no ranking for direction(s) {sorted(missing)} in {cfg.rankings}")
+    ks = sorted({min(k, total) for k in cfg.ks})
+    if not cfg.mfr_task.startswith("mfr"):
+        raise MfHarnessError(f"mfr_task must name an MFR task family starting with 'mfr' (mfr, mfr_mc2, mfr_dev, "
+                             f"mfr_<yours> with tasks mfr_<yours>_text / _vision); got {cfg.mfr_task!r}")
+    all_tasks = tuple(cfg.mfr_task_for(f) for f in cfg.follows) + tuple(cfg.capability_tasks)
+    cells = [Cell("original", None, None, None, "none", None, None, (), all_tasks)]
+    actions = ([("block", None)] if cfg.block else []) + [("amplify", float(c)) for c in cfg.coefficients]
+    for scope in cfg.scopes:
+        for action, coef in actions:
+            for f in follows:
+                tasks = (cfg.mfr_task_for(f),) + tuple(cfg.capability_tasks)
+                for k in ks:
+                    top = tuple(sorted(rankings[f][:k]))
+                    cells.append(Cell("targeted", f, k, None, action, coef, scope, top, tasks))
+                    if "random" in cfg.controls:
+                        for s in range(cfg.seeds):
+                            rnd = random_matched(top, num_heads, s, salt=f)
+                            cells.append(Cell("random", f, k, s, action, coef, scope, rnd, tasks))
+                    if "random_any" in cfg.controls:
+                        for s in range(cfg.seeds):
+                            rnd = random_any(top, num_layers, num_heads, s, salt=f)
+                            cells.append(Cell("random_any", f, k, s, action, coef, scope, rnd, tasks))
+                    if "layers" in cfg.controls:
+                        layers = sorted({h.layer for h in top})
+                        heads = tuple(Head(l, h) for l in layers for h in range(num_heads))
+                        cells.append(Cell("layers", f, k, None, action, coef, scope, heads, tasks))
+                if "shared" in cfg.controls and len(rankings) >= 2 and {"text", "vision"} <= set(rankings):
+                    K = max(ks)
+                    shared = tuple(sorted(set(rankings["text"][:K]) & set(rankings["vision"][:K])))
+                    if shared:
+                        cells.append(Cell("shared", f, len(shared), None, action, coef, scope, shared, tasks))
+    return cells
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _run_cell(lm, cell: Cell, cfg: SweepConfig, out: Path, task_manager, run_id: str | None = None) -> dict:
+    from lmms_eval import evaluator
+    from lmms_eval.loggers import EvaluationTracker
+
+    view = lm.with_spec(cell.spec)  # same loaded weights; lmms-eval's clean() at the end leaves them loaded
+    tracker = EvaluationTracker(output_path=str(out / "runs" / (run_id or cell.cell_id)))
+    margs = ",".join(a for a in (cfg.model_args, cell.model_args()) if a)
+    from lmms_eval.utils import get_datetime_str
+
+    stamp = get_datetime_str()
+    res = evaluator.simple_evaluate(model=view, model_args=margs, tasks=list(cell.tasks), batch_size=cfg.batch_size,
+                                    limit=cfg.limit, task_manager=task_manager, log_samples=True,
+                                    evaluation_tracker=tracker, verbosity="ERROR", datetime_str=stamp)
+    samples = res.pop("samples")
+    tracker.save_results_aggregated(results=res, samples=samples, datetime_str=stamp)
+    for t in res["configs"]:
+        tracker.save_results_samples(task_name=t, samples=samples[t])
+    tasks = {}
+    for t in cell.tasks:
+        r = res["results"][t]
+        metrics = {k.split(",")[0]: v for k, v in r.items() if "," in k and "_stderr" not in k}
+        stderrs = {k.split(",")[0].replace("_stderr", ""): v for k, v in r.items() if "_stderr," in k}
+        names = [m["metric"] for m in res["configs"][t]["metric_list"]]
+        per_sample = {}
+        for s in samples[t]:
+            per_sample[str(s["doc_id"])] = {m: s.get(m) for m in names if isinstance(s.get(m), (int, float, bool))}
+        tasks[t] = {"metrics": metrics, "stderr": stderrs, "samples": per_sample,
+                    "n": res["n-samples"][t]["effective"]}
+    return {"cell_id": cell.cell_id, "meta": cell.meta(), "tasks": tasks}
+
+
+def _write_lmms_layout(out: Path, cell: Cell, task: str, task_obj, margs: str, docs, answers: dict, per_sample: dict,
+                       metrics: dict, stderr: dict, stamp: str, model_name: str) -> None:
+    """Results + samples files in lmms-eval's layout for one cell and one task."""
+    d = out / "runs" / cell.cell_id / model_name
+    d.mkdir(parents=True, exist_ok=True)
+    results = {"results": {task: {"alias": task, **{f"{m},none": v for m, v in metrics.items()},
+                                  **{f"{m}_stderr,none": v for m, v in stderr.items()}}},
+               "configs": {task: task_obj.dump_config()},
+               "n-samples": {task: {"original": len(docs), "effective": len(docs)}},
+               "config": {"model": model_name, "model_args": margs, "engine": "mf_harness.lmms.fast_engine"},
+               "date": stamp}
+    _atomic_write(d / f"{stamp}_results_{task}.json", json.dumps(results, indent=2, default=str))
+    lines = []
+    for i, doc in enumerate(docs):
+        row = {"doc_id": i, "target": task_obj.doc_to_target(doc), "resps": [[answers[i]]],
+               "filtered_resps": [answers[i]], "input": task_obj.doc_to_text(doc)}
+        row.update(per_sample[str(i)])
+        lines.append(json.dumps(row, default=str))
+    _atomic_write(d / f"{stamp}_samples_{task}.jsonl", "\n".join(lines) + "\n")
+
+
+def _score(task_obj, docs, answers: dict) -> tuple[dict, dict, dict]:
+    """Per-sample metrics via the task's process_results, aggregated with its own aggregations."""
+    from lmms_eval.api.metrics import mean, mean_stderr
+
+    per_sample, columns = {}, {}
+    for i, doc in enumerate(docs):
+        r = task_obj.process_results(doc, [answers[i]])
+        per_sample[str(i)] = {k: v for k, v in r.items() if v is None or isinstance(v, (int, float, bool))}
+        for k, v in r.items():
+            columns.setdefault(k, []).append(v)
+    aggs = task_obj.aggregation()
+    metrics, stderr = {}, {}
+    for m, values in columns.items():
+        fn = aggs.get(m, mean)
+        metrics[m] = fn(values)
+        if fn is mean:
+            stderr[m] = mean_stderr(values)
+    return per_sample, metrics, stderr
+
+
+def _run_fast(lm, cells: list[Cell], cfg: SweepConfig, out: Path, progress: bool) -> dict[str, dict]:
+    """MFR tasks of all ``cells`` in one pass per sample; returns {cell_id: {task: task result}}."""
+    from lmms_eval.utils import get_datetime_str
+    from tqdm import tqdm
+
+    from mf_harness.analysis.samples import load_task_docs
+    from mf_harness.lmms.fast_engine import MultiSpecRunner
+
+    runner = MultiSpecRunner(lm, max_rows=max(8, cfg.batch_size * 4))
+    (out / "fast").mkdir(exist_ok=True)
+    results: dict[str, dict] = {c.cell_id: {} for c in cells}
+    for task in sorted({t for c in cells for t in c.tasks if t in cfg.mfr_tasks()}):
+        tcells = [c for c in cells if task in c.tasks]
+        task_obj, docs = load_task_docs(task, cfg.limit)
+        log = out / "fast" / f"{task}.jsonl"
+        answers: dict[str, dict[int, str]] = {c.cell_id: {} for c in tcells}
+        if log.exists():
+            for line in log.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                for cid, a in rec["answers"].items():
+                    if cid in answers:
+                        answers[cid][rec["doc_id"]] = a
+        gen_kwargs = dict(task_obj.config.generation_kwargs or {})
+        with log.open("a") as f:
+            for i, doc in enumerate(tqdm(docs, desc=f"{task}: {len(tcells)} specs per sample", disable=not progress)):
+                todo = [c for c in tcells if i not in answers[c.cell_id]]
+                if not todo:
+                    continue
+                label = f"{task} doc {i}"
+                images = lm.visuals(task_obj.doc_to_visual, doc, label)
+                outs = runner.generate(task_obj.doc_to_text(doc), images, doc, [c.spec for c in todo], gen_kwargs,
+                                       label)
+                for c, a in zip(todo, outs):
+                    answers[c.cell_id][i] = a
+                f.write(json.dumps({"doc_id": i, "answers": {c.cell_id: a for c, a in zip(todo, outs)}}) + "\n")
+                f.flush()
+        stamp = get_datetime_str()
+        for c in tcells:
+            per_sample, metrics, stderr = _score(task_obj, docs, answers[c.cell_id])
+            margs = ",".join(a for a in (cfg.model_args, c.model_args()) if a)
+            _write_lmms_layout(out, c, task, task_obj, margs, docs, answers[c.cell_id], per_sample, metrics, stderr,
+                               stamp, lm.model_name)
+            results[c.cell_id][task] = {"metrics": metrics, "stderr": stderr, "samples": per_sample, "n": len(docs)}
+    return results
+
+
+def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) ``cfg`` into ``out``; returns {records, cells_run, cells_skipped, forwards, wall_s}."""
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.utils import simple_parse_args_string
+    from tqdm import tqdm
+
+    import mf_harness.lmms.plugin as plugin
+    from mf_harness.lmms.model import IntervenedHF
+    from mf_harness.runs.records import build_records, write_records
+
+    plugin.install()
+    out = Path(out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "sweep.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["config"] != cfg.to_dict():
+            raise MfHarnessError(f"{out} holds a different sweep (config differs); use another --output-dir")
+    else:
+        manifest = {"config": cfg.to_dict(),
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "git": git_hash(), "versions": package_versions()}
+        _atomic_write(manifest_path, json.dumps(manifest, indent=2))
+    args = simple_parse_args_string(cfg.model_args)
+    lm = IntervenedHF(batch_size=cfg.batch_size, **{k: v for k, v in args.items() if k != "batch_size"})
+    if not lm.spec.is_empty:
+        raise MfHarnessError("the sweep's model_args must not carry a spec (the sweep sets one per cell)")
+    rankings = load_rankings(cfg.rankings)
+    cells = plan_cells(cfg, rankings, lm.geometry.num_layers, lm.geometry.num_heads)
+    counter = {"forwards": 0}
+    handle = lm.model.register_forward_pre_hook(lambda m, a: counter.__setitem__("forwards", counter["forwards"] + 1))
+    tm = TaskManager("ERROR")
+    t0 = time.time()
+    ran = skipped = 0
+    if cfg.engine not in ("fast", "lmms"):
+        raise MfHarnessError(f"engine must be fast or lmms, got {cfg.engine!r}")
+    try:
+        pending = [c for c in cells if not (out / "cells" / f"{c.cell_id}.json").exists()]
+        skipped = len(cells) - len(pending)
+        fast = _run_fast(lm, pending, cfg, out, progress) if cfg.engine == "fast" and pending else {}
+        for cell in tqdm(pending, desc=f"sweep {cfg.name}", disable=not progress or cfg.engine == "fast"):
+            rest = [t for t in cell.tasks if cfg.engine == "lmms" or t not in cfg.mfr_tasks()]
+            tasks = dict(fast.get(cell.cell_id, {}))
+            if rest:
+                part = _run_cell(lm, Cell(**{**cell.__dict__, "tasks": tuple(rest)}), cfg, out, tm, cell.cell_id)
+                tasks.update(part["tasks"])
+            result = {"cell_id": cell.cell_id, "meta": cell.meta(), "tasks": {t: tasks[t] for t in cell.tasks}}
+            _atomic_write(out / "cells" / f"{cell.cell_id}.json", json.dumps(result, sort_keys=True))
+            ran += 1
+    finally:
+        handle.remove()
+    results = [json.loads((out / "cells" / f"{c.cell_id}.json").read_text()) for c in cells]
+    records = build_records(results, manifest, lm)
+    write_records(records, out / "records.jsonl", header=manifest)
+    stats = {"cells": len(cells), "cells_run": ran, "cells_skipped": skipped, "forwards": counter["forwards"],
+             "wall_s": time.time() - t0}
+    _atomic_write(out / "sweep_stats.json", json.dumps(stats, indent=2))
+    return {"records": records, **stats, "out": out}
