@@ -34,7 +34,7 @@ lock:
 	$(PYTHON) requirements/lock.py lock
 
 demo: setup
-	$(BIN)/python -m mf_harness.demo
+	$(BIN)/python -m mf_harness.demo --overwrite  # out/demo is this target's own output folder
 
 test: setup
 	$(BIN)/python -m pytest -q

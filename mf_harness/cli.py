@@ -20,9 +20,43 @@ import argparse
 import sys
 from pathlib import Path
 
+from mf_harness.checks import atomic_write_text, finite_nonnegative, parse_bool, positive_int, safe_name
 from mf_harness.errors import MfHarnessError
 
 __all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's promise: a usage error is one ``mf-harness: error:`` line and exit 2."""
+
+    def error(self, message):  # noqa: D102
+        self.exit(2, f"mf-harness: error: {self.prog.replace('mf-harness ', '')}: {message}\n"
+                     if self.prog != "mf-harness" else f"mf-harness: error: {message}\n")
+
+
+def _typed(fn, what):
+    def parse(v):
+        try:
+            return fn(v)
+        except (MfHarnessError, ValueError) as e:
+            raise argparse.ArgumentTypeError(str(e) if isinstance(e, MfHarnessError) else f"{what}; got {v!r}")
+    parse.__name__ = what
+    return parse
+
+
+def _pos_int(name):
+    return _typed(lambda v: positive_int(v, name), f"{name} must be an integer >= 1")
+
+
+def _int_list(v: str) -> list[int]:
+    out = [positive_int(x, "k (heads per set)") for x in v.split(",") if x.strip()]
+    if not out:
+        raise MfHarnessError(f"give at least one head count, e.g. 4,8; got {v!r}")
+    return out
+
+
+def _float_list(v: str) -> list[float]:
+    return [finite_nonnegative(x, "coefficient") for x in v.split(",") if x.strip()]
 
 
 def _cmd_embedded_path(args) -> int:
@@ -35,6 +69,9 @@ def _cmd_embedded_path(args) -> int:
 def _cmd_spec(args) -> int:
     from mf_harness.core.spec import InterventionSpec
 
+    for key in ("block", "amplify"):
+        if getattr(args, key) is not None and not getattr(args, key).strip():
+            raise MfHarnessError(f"--{key} names no heads; name at least one (e.g. --{key} L14H3+L20H0) or leave it out")
     spec = InterventionSpec.load(args.file) if args.file else InterventionSpec()
     changes = {k: v for k, v in {
         "block": args.block, "amplify": args.amplify, "coefficient": args.coefficient, "scope": args.scope,
@@ -42,12 +79,10 @@ def _cmd_spec(args) -> int:
     if changes:
         spec = spec.replace(**changes)
     if args.model:
-        from transformers import AutoConfig
-
         from mf_harness.core.arch import geometry
-        from mf_harness.lmms.loading import resolve_pretrained
+        from mf_harness.lmms.loading import load_config
 
-        geo = geometry(AutoConfig.from_pretrained(resolve_pretrained(args.model)))
+        geo = geometry(load_config(args.model))
         spec.validate_for(geo.num_layers, geo.num_heads, model_name=args.model)
         print(f"ok: fits {args.model} ({geo.num_layers} layers x {geo.num_heads} heads)", file=sys.stderr)
     if args.output:
@@ -61,17 +96,18 @@ def _cmd_spec(args) -> int:
 def _cmd_demo(args) -> int:
     from mf_harness.demo import main as demo_main
 
-    return demo_main(limit=args.limit, out=args.output_dir)
+    return demo_main(limit=args.limit, out=args.output_dir, overwrite=args.overwrite)
 
 
 def _common(s) -> None:
     s.add_argument("--model-args", default="pretrained=embedded",
                    help="the same comma-separated model_args as lmms-eval's intervened_hf (no spec keys)")
     s.add_argument("--tasks", default="mfr_text,mfr_vision", help="comma-separated mfr tasks (docs and prompts)")
-    s.add_argument("--limit", type=int, default=None, help="docs per task")
+    s.add_argument("--limit", type=_pos_int("--limit"), default=None, help="docs per task")
     s.add_argument("--output-dir", required=True, type=Path)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--topk-tokens", type=int, default=3, help="k of the instruction readout (top-k tokens)")
+    s.add_argument("--batch-size", type=_pos_int("--batch-size"), default=8)
+    s.add_argument("--topk-tokens", type=_pos_int("--topk-tokens"), default=3,
+                   help="k of the instruction readout (top-k tokens)")
     s.add_argument("--extra-forms", type=Path, default=None,
                    help='JSON {"answer": ["other surface form", ...]} (e.g. Chinese forms, as the paper)')
     s.add_argument("--no-progress", action="store_true")
@@ -82,14 +118,22 @@ def _extra(args):
         return None
     import json
 
-    return json.loads(args.extra_forms.read_text())
+    try:
+        forms = json.loads(args.extra_forms.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MfHarnessError(f"--extra-forms: file not found: {str(args.extra_forms)!r}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
+        raise MfHarnessError(f"--extra-forms: {args.extra_forms} is not a JSON file ({type(e).__name__})") from None
+    if not isinstance(forms, dict) or not all(isinstance(v, list) for v in forms.values()):
+        raise MfHarnessError('--extra-forms: expected a JSON object {"answer": ["form", ...], ...}')
+    return forms
 
 
 def _cmd_discover(args) -> int:
     from mf_harness.analysis.report import discover
 
     r = discover(args.model_args, args.output_dir, tasks=args.tasks.split(","), limit=args.limit,
-                 k_list=[int(k) for k in args.k.split(",")], topk_tokens=args.topk_tokens, method=args.method,
+                 k_list=args.k, topk_tokens=args.topk_tokens, method=args.method,
                  site=args.site, ablation_scope=args.ablation_scope, batch_size=args.batch_size,
                  extra_forms=_extra(args), progress=not args.no_progress)
     t = r["heads"]
@@ -142,24 +186,24 @@ def _cmd_knockout(args) -> int:
     return 0
 
 
-def _floats(v: str) -> list[float]:
-    return [float(x) for x in v.split(",") if x.strip()]
-
-
-def _ints(v: str) -> list[int]:
-    return [int(x) for x in v.split(",") if x.strip()]
-
-
 def _cmd_sweep(args) -> int:
     import json
 
     from mf_harness.runs.sweep import SweepConfig, run_sweep
 
     if args.config:
-        cfg = SweepConfig.from_dict(json.loads(Path(args.config).read_text()))
+        try:
+            d = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise MfHarnessError(f"--config: file not found: {args.config!r}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
+            raise MfHarnessError(f"--config: {args.config} is not a JSON file ({type(e).__name__})") from None
+        if not isinstance(d, dict):
+            raise MfHarnessError(f"--config: {args.config} must hold a JSON object with SweepConfig's keys")
+        cfg = SweepConfig.from_dict(d)
     else:
-        cfg = SweepConfig(model_args=args.model_args, rankings=str(args.rankings), ks=_ints(args.k),
-                          seeds=args.seeds, block=not args.no_block, coefficients=_floats(args.coefficients),
+        cfg = SweepConfig(model_args=args.model_args, rankings=str(args.rankings), ks=args.k,
+                          seeds=args.seeds, block=not args.no_block, coefficients=args.coefficients,
                           scopes=args.scopes.split(","), follows=args.follows.split(","),
                           controls=[c for c in args.controls.split(",") if c],
                           capability_tasks=[t for t in args.capability_tasks.split(",") if t], limit=args.limit,
@@ -182,6 +226,9 @@ def _cmd_leaderboard(args) -> int:
     from mf_harness.runs.records import read_records
 
     sets = [read_records(p)[1] for p in args.records]
+    for p, records in zip(args.records, sets):
+        if not records:
+            raise MfHarnessError(f"{p} holds no records: nothing to tabulate")
     if len(sets) == 1:
         written = write_leaderboard(sets[0], args.out)
         print(Path(written[0]).read_text())
@@ -189,8 +236,7 @@ def _cmd_leaderboard(args) -> int:
         table = cross_model_table(sets)
         md = render_markdown([table])
         out = Path(args.out).with_suffix(".md")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(md)
+        atomic_write_text(out, md)
         print(md)
         written = [out]
     for p in written:
@@ -206,9 +252,12 @@ def _cmd_compare(args) -> int:
     from mf_harness.runs.sweep import SweepConfig, run_sweep
 
     header, baseline = read_records(args.baseline)
-    if header is None:
+    if header is None or not isinstance(header.get("config"), dict):
         raise MfHarnessError(f"{args.baseline} has no sweep header: it cannot be re-scored")
-    cfg = SweepConfig.from_dict(header["config"])
+    if not baseline:
+        raise MfHarnessError(f"{args.baseline} holds no records: nothing to compare")
+    cfg = trusted_rerun(SweepConfig.from_dict(header["config"]), args.baseline, args.model_args, args.rankings,
+                        args.allow_model)
     out = args.output_dir or Path(tempfile.mkdtemp(prefix="mf-compare-"))
     new = run_sweep(cfg, out, progress=not args.no_progress)["records"]
     failures, missing = compare_records(baseline, new, args.tolerance, args.mode)
@@ -228,6 +277,56 @@ def _cmd_compare(args) -> int:
     return 1
 
 
+# model_args keys a records header may carry into a re-run; anything else (trust_remote_code, a spec file,
+# ...) is refused: records files are shared artifacts, and re-scoring one must not run what it asks for
+SAFE_MODEL_KEYS = frozenset({"pretrained", "revision", "dtype", "attn_implementation", "min_pixels", "max_pixels",
+                             "max_new_tokens", "system_prompt", "instruction_field", "batch_size"})
+
+
+def trusted_rerun(cfg, baseline: Path, model_args: str | None, rankings: str | None, allow: list[str]):
+    """The sweep config to re-run for ``compare``: the header's, with the model and rankings that the user named
+    (or allowed). Refuses a header that asks for remote code, carries other model_args than `SAFE_MODEL_KEYS`,
+    names a model the user did not, or a rankings file outside the working directory."""
+    import dataclasses
+
+    from lmms_eval.utils import simple_parse_args_string
+
+    def parse(text, where):
+        try:
+            return simple_parse_args_string(text or "")
+        except ValueError:
+            raise MfHarnessError(f"{where}: model_args must be key=value pairs separated by commas; got {text!r}") \
+                from None
+
+    head = parse(cfg.model_args, f"{baseline} header")
+    if "trust_remote_code" in head:
+        raise MfHarnessError(f"{baseline} asks for trust_remote_code={head['trust_remote_code']!r}: a records file may "
+                             f"not make mf-harness run a checkpoint's own code; re-run that sweep yourself")
+    extra = sorted(set(head) - SAFE_MODEL_KEYS)
+    if extra:
+        raise MfHarnessError(f"{baseline} header carries model_args {extra}, which compare does not take from a "
+                             f"records file (allowed: {', '.join(sorted(SAFE_MODEL_KEYS))})")
+    model = str(head.get("pretrained", "embedded"))
+    if model_args is not None:
+        mine = parse(model_args, "--model-args")
+        if str(mine.get("pretrained", "embedded")) != model:
+            raise MfHarnessError(f"{baseline} was measured on {model!r}, but --model-args names "
+                                 f"{mine.get('pretrained', 'embedded')!r}")
+        cfg = dataclasses.replace(cfg, model_args=model_args)
+    elif model != "embedded" and model not in allow:
+        raise MfHarnessError(f"{baseline} names the model {model!r}; compare loads only a model you name: pass "
+                             f"--model-args pretrained={model} (or --allow-model {model})")
+    if rankings is not None:
+        cfg = dataclasses.replace(cfg, rankings=rankings)
+    elif cfg.rankings:
+        here = Path.cwd().resolve()
+        p = (here / cfg.rankings).resolve()
+        if Path(cfg.rankings).is_absolute() or (p != here and here not in p.parents):
+            raise MfHarnessError(f"{baseline} points at rankings {cfg.rankings!r} outside the working directory; "
+                                 f"pass --rankings PATH to name them yourself")
+    return cfg
+
+
 def _cmd_train_embedded(args) -> int:
     from mf_harness.embedded.train import main as train_main
 
@@ -235,25 +334,28 @@ def _cmd_train_embedded(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mf-harness", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="mf-harness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("embedded-path", help="print the directory of the embedded default checkpoint")
     s.set_defaults(func=_cmd_embedded_path)
     s = sub.add_parser("spec", help="validate, build or convert an intervention spec")
     s.add_argument("file", nargs="?", help="spec JSON file")
     s.add_argument("--block", help="heads to block, e.g. L14H3+L20H0")
     s.add_argument("--amplify", help="heads to amplify")
-    s.add_argument("--coefficient", type=float, help="amplification factor")
+    s.add_argument("--coefficient", type=_typed(lambda v: finite_nonnegative(v, "--coefficient"),
+                                                "--coefficient must be a finite number >= 0"),
+                   help="amplification factor")
     s.add_argument("--scope", help="instruction | prompt_text | prompt | last | all")
-    s.add_argument("--decode", type=lambda v: v.lower() in ("1", "true", "yes", "on"), help="also act on generated tokens")
+    s.add_argument("--decode", type=_typed(lambda v: parse_bool(v, "--decode"), "--decode must be true or false"),
+                   help="also act on generated tokens (true/false)")
     s.add_argument("--name", help="spec name")
     s.add_argument("--model", help="checkpoint (hub id, directory or 'embedded') whose layer/head ranges to check")
     s.add_argument("-o", "--output", help="write the spec JSON here")
     s.set_defaults(func=_cmd_spec)
     s = sub.add_parser("discover", help="rank heads by their contribution to the arbitration margin; write head sets")
     _common(s)
-    s.add_argument("--k", default="10,20,30,40", help="head-set sizes (capped at the model's head count)")
+    s.add_argument("--k", type=_typed(_int_list, "--k must be comma-separated integers >= 1"), default="10,20,30,40",
+                   help="head-set sizes (capped at the model's head count)")
     s.add_argument("--method", default="dla", choices=["dla", "ablation", "both"],
                    help="dla: direct logit attribution (paper, Eq. 9); ablation: total effect of blocking each "
                         "head; both: rank by DLA and report the rank correlation")
@@ -268,24 +370,28 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("--edges", default="image->instruction,context->instruction,instruction->last",
                    help="comma-separated source->destination token sets")
-    s.add_argument("--window", type=int, default=9, help="layers per knockout window, centred on each layer")
+    s.add_argument("--window", type=_pos_int("--window"), default=9,
+                   help="layers per knockout window, centred on each layer")
     s.set_defaults(func=_cmd_knockout)
     s = sub.add_parser("sweep", help="head sets x k x coefficient x scope with controls, resumable")
     s.add_argument("--config", help="sweep config JSON (the keys of SweepConfig); overrides the flags")
     s.add_argument("--model-args", default="pretrained=embedded")
     s.add_argument("--rankings", default="", help="heads.csv (or its folder) from `mf-harness discover`")
-    s.add_argument("--k", default="10,20,30,40")
-    s.add_argument("--seeds", type=int, default=5, help="random control sets per k")
+    s.add_argument("--k", type=_typed(_int_list, "--k must be comma-separated integers >= 1"), default="10,20,30,40")
+    s.add_argument("--seeds", type=_typed(lambda v: positive_int(v, "--seeds", minimum=0), "--seeds must be an integer"),
+                   default=5, help="random control sets per k (>= 1 with random controls)")
     s.add_argument("--no-block", action="store_true", help="skip blocking cells")
-    s.add_argument("--coefficients", default="", help="amplification coefficients, e.g. 8,10,12")
+    s.add_argument("--coefficients", type=_typed(_float_list, "--coefficients must be numbers >= 0"), default="",
+                   help="amplification coefficients, e.g. 8,10,12")
     s.add_argument("--scopes", default="instruction")
     s.add_argument("--follows", default="text,vision")
     s.add_argument("--controls", default="random,shared,layers",
                    help="comma-separated: random (layer-matched, the paper's), random_any (any layer), shared, layers")
     s.add_argument("--capability-tasks", default="", help="e.g. mf_capability task names, comma-separated")
-    s.add_argument("--limit", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--name", default="sweep")
+    s.add_argument("--limit", type=_pos_int("--limit"), default=None, help="docs per task (default: all)")
+    s.add_argument("--batch-size", type=_pos_int("--batch-size"), default=8)
+    s.add_argument("--name", type=_typed(lambda v: safe_name(v, "--name"), "--name must be a plain name"),
+                   default="sweep", help="names the tables inside --output-dir (letters, digits, . _ -)")
     s.add_argument("--mfr-task", default="mfr",
                    help="MFR task family scored per direction: <name>_text / <name>_vision (mfr, mfr_mc2, mfr_dev, ...)")
     s.add_argument("--engine", choices=["fast", "lmms"], default="fast",
@@ -299,9 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_leaderboard)
     s = sub.add_parser("compare", help="re-score a committed records file and fail on regressions")
     s.add_argument("--baseline", required=True, type=Path)
-    s.add_argument("--tolerance", type=float, default=0.02, help="absolute, in metric units (0.02 = 2 points)")
+    s.add_argument("--tolerance", type=_typed(lambda v: finite_nonnegative(v, "--tolerance"),
+                                              "--tolerance must be a finite number >= 0"),
+                   default=0.02, help="absolute, in metric units (0.02 = 2 points)")
     s.add_argument("--mode", choices=["abs", "ci"], default="abs")
     s.add_argument("--output-dir", type=Path, default=None, help="where to re-run (default: a temp dir)")
+    s.add_argument("--model-args", default=None,
+                   help="the model to re-run on (default: the header's, only if it is the embedded model)")
+    s.add_argument("--rankings", default=None,
+                   help="the rankings to re-run with (default: the header's, only if inside the working directory)")
+    s.add_argument("--allow-model", action="append", default=[], metavar="MODEL",
+                   help="a model the header may name without --model-args (repeatable)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_compare)
     s = sub.add_parser("train-embedded", help="train the embedded tiny VLM (CPU, deterministic); args go to "
@@ -309,8 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("train_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_train_embedded)
     s = sub.add_parser("demo", help="MFR on the embedded model: original vs targeted vs random heads (make demo)")
-    s.add_argument("--limit", type=int, default=None, help="docs per task")
-    s.add_argument("--output-dir", default="out/demo", help="where the records, tables and plots go (replaced)")
+    s.add_argument("--limit", type=_pos_int("--limit"), default=None, help="docs per task")
+    s.add_argument("--output-dir", default="out/demo", help="where the records, tables and plots go")
+    s.add_argument("--overwrite", action="store_true", help="replace --output-dir if it exists (never without this)")
     s.set_defaults(func=_cmd_demo)
     return p
 
@@ -332,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     except MfHarnessError as e:
         print(f"mf-harness: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the environment (a path, a permission, a full disk), not the input's meaning
+        print(f"mf-harness: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

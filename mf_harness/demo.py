@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from mf_harness.errors import MfHarnessError
+
 __all__ = ["main", "plausibility_problems"]
 
 from mf_harness.interventions import INTERVENTIONS_DIR
@@ -50,8 +52,6 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
                       ks=settings.get("ks", [4]), seeds=settings.get("seeds", 5),
                       scopes=settings.get("scopes", ["instruction"]), follows=["text", "vision"],
                       controls=controls, limit=limit, batch_size=8, name="demo")
-    if out.exists():
-        shutil.rmtree(out)
     print(f"mf-harness demo: modality following on the embedded checkpoint\n  ({embedded_path()})")
     print(f"  heads ranked by `mf-harness discover` ({DEMO_DIR / 'heads.csv'}); k = {cfg.ks}, "
           f"{cfg.seeds} random seeds, scopes {cfg.scopes}")
@@ -166,16 +166,35 @@ def _spec_demo(limit: int | None) -> int:
     return 0
 
 
-def main(limit: int | None = None, out: str | Path = "out/demo") -> int:
+def main(limit: int | None = None, out: str | Path = "out/demo", overwrite: bool = False) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise MfHarnessError(f"{out} exists; the demo replaces its output folder only with --overwrite "
+                                 f"(or give another --output-dir)")
+        if not out.is_dir():
+            raise MfHarnessError(f"{out} is a file, not an output folder")
+        shutil.rmtree(out)
     from loguru import logger
 
     logger.remove()
     logger.add(sys.stderr, level="ERROR")
     if (DEMO_DIR / "heads.csv").exists() and (DEMO_DIR / "demo.json").exists():
-        return _sweep_demo(limit, Path(out))
+        return _sweep_demo(limit, out)
     return _spec_demo(limit)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mf_harness.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--output-dir", default="out/demo")
+    ap.add_argument("--overwrite", action="store_true", help="replace --output-dir if it exists")
+    a = ap.parse_args()
+    try:
+        sys.exit(main(a.limit, a.output_dir, a.overwrite))
+    except MfHarnessError as e:
+        print(f"mf-harness: error: {e}", file=sys.stderr)
+        sys.exit(2)

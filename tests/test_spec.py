@@ -76,7 +76,7 @@ def test_empty_spec_and_hash():
         ({"block": [{"layer": 1}]}, "exactly the keys 'layer' and 'head'"),
         ({"block": [(-1, 0)]}, "non-negative integer"),
         ({"scope": "image"}, "scope must be one of instruction, prompt_text, prompt, last, all"),
-        ({"decode": "maybe"}, "decode must be true or false"),
+        ({"decode": "maybe"}, "decode must be one of true/false/1/0/yes/no"),
     ],
 )
 def test_bad_specs_name_the_value(kwargs, fragment):

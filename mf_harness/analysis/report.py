@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from mf_harness.checks import atomic_write_text, save_figure
 from mf_harness.provenance import git_hash
 
 __all__ = ["discover", "lens", "knockout", "load_lm_and_samples"]
@@ -92,7 +93,7 @@ def _plot_heatmap(df, value: str, title: str, path: Path) -> None:
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label=value)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -117,7 +118,7 @@ def _plot_lines(df, x: str, series: dict, ylabel: str, title: str, path: Path, b
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -162,16 +163,16 @@ def discover(model_args: str, out: Path, tasks=("mfr_text", "mfr_vision"), limit
     key = "ablation_mean" if method == "ablation" else "dla_mean"
     table["rank"] = table.groupby("follow")[key].rank(ascending=False, method="first").astype(int)
     table = table.sort_values(["follow", "rank"])
-    table.to_csv(out / "heads.csv", index=False)
-    agg.to_csv(out / "heads_by_site.csv", index=False)
+    atomic_write_text(out / "heads.csv", table.to_csv(index=False))
+    atomic_write_text(out / "heads_by_site.csv", agg.to_csv(index=False))
     layers = pd.DataFrame(r["layers"]).groupby(["follow", "layer"])[["margin", "attn", "mlp"]].mean().reset_index()
-    layers.to_csv(out / "layers.csv", index=False)
+    atomic_write_text(out / "layers.csv", layers.to_csv(index=False))
     corr_rows = []
     if method in ("ablation", "both"):
         for follow, g in table.groupby("follow"):
             corr_rows.append(dict(follow=follow, spearman_dla_vs_ablation=_spearman(g.dla_mean, g.ablation_mean),
                                   n_heads=len(g)))
-        pd.DataFrame(corr_rows).to_csv(out / "rank_correlation.csv", index=False)
+        atomic_write_text(out / "rank_correlation.csv", pd.DataFrame(corr_rows).to_csv(index=False))
     total = lm.geometry.total_heads
     params = dict(topk_tokens=topk_tokens, site=site, readout_layer=readout_layer, ranking=key,
                   ablation_scope=ablation_scope if method != "dla" else None, limit=limit)
@@ -212,9 +213,9 @@ def lens(model_args: str, out: Path, tasks=("mfr_text", "mfr_vision"), limit=Non
     out.mkdir(parents=True, exist_ok=True)
     lm, samples, args = load_lm_and_samples(model_args, tasks, limit, extra_forms)
     r = lens_and_attribution(lm, samples, k=topk_tokens, batch_size=batch_size, progress=progress)
-    pd.DataFrame(r["lens"]).to_csv(out / "lens_samples.csv", index=False)
+    atomic_write_text(out / "lens_samples.csv", pd.DataFrame(r["lens"]).to_csv(index=False))
     table = ldar_table(r["lens"])
-    table.to_csv(out / "ldar.csv", index=False)
+    atomic_write_text(out / "ldar.csv", table.to_csv(index=False))
     series = {}
     for (follow, site), g in table[table.subset == "all"].groupby(["follow", "site"]):
         series[f"{follow} @ {site}"] = g.rename(columns={"ldar": "value"})[["layer", "value"]]
@@ -235,12 +236,12 @@ def knockout(model_args: str, out: Path, pairs: Sequence[tuple[str, str]], tasks
     for src, dest in pairs:
         rows += knockout_nssd(lm, samples, src, dest, window=window, batch_size=batch_size, progress=progress)
     df = pd.DataFrame(rows)
-    df.to_csv(out / "knockout.csv", index=False)
+    atomic_write_text(out / "knockout.csv", df.to_csv(index=False))
     agg = (df.groupby(["follow", "src", "dest", "layer", "window"])
            .agg(nssd_mean=("nssd", "mean"), nssd_std=("nssd", lambda x: float(x.std(ddof=0))), n=("nssd", "size"),
                 mfr_before=("compliant_before", "mean"), mfr_after=("compliant_after", "mean")).reset_index())
     agg["mfr_change"] = agg.mfr_after - agg.mfr_before
-    agg.to_csv(out / "nssd.csv", index=False)
+    atomic_write_text(out / "nssd.csv", agg.to_csv(index=False))
     series, band = {}, {}
     for (follow, src, dest), g in agg.groupby(["follow", "src", "dest"]):
         g = g.assign(value=g.nssd_mean, lo=g.nssd_mean - g.nssd_std, hi=g.nssd_mean + g.nssd_std)

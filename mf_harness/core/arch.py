@@ -42,6 +42,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from mf_harness.errors import MfHarnessError
+
 __all__ = ["ArchRow", "PromptStyle", "DEFAULT_SYSTEM_PROMPT", "ARCH", "MODEL_NAMES", "arch_for", "resolve", "text_decoder", "module_at",
            "HeadGeometry", "geometry"]
 
@@ -126,11 +128,15 @@ def module_at(obj, path: str):
     return obj
 
 
+class ArchError(MfHarnessError, ValueError):
+    """A checkpoint whose family has no row in the table (so no known per-head site)."""
+
+
 def arch_for(model_or_config) -> ArchRow:
     config = getattr(model_or_config, "config", model_or_config)
     family = getattr(config, "model_type", None)
     if family not in ARCH:
-        raise ValueError(
+        raise ArchError(
             f"model family {family!r} is not in mf-harness's architecture table; known: {', '.join(sorted(ARCH))}"
         )
     return ARCH[family]

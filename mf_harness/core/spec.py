@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from mf_harness.checks import atomic_write_text, parse_bool
 from mf_harness.errors import MfHarnessError
 
 __all__ = [
@@ -80,7 +81,7 @@ class Head:
         for name in ("layer", "head"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise SpecError(f"head {name} must be a non-negative integer, got {v!r}")
+                raise SpecError(f"{name} must be a non-negative integer, got {v!r}")
 
     def __str__(self) -> str:
         return f"L{self.layer}H{self.head}"
@@ -107,7 +108,7 @@ class Head:
 
 def _as_int(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise SpecError(f"head {name} must be an integer, got {v!r}")
+        raise SpecError(f"{name} must be an integer, got {v!r}")
     return v
 
 
@@ -133,15 +134,10 @@ def parse_heads(value: Any, what: str = "heads") -> tuple[Head, ...]:
 
 
 def _parse_bool(v: Any, name: str) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lower() in ("true", "1", "yes", "on"):
-        return True
-    if isinstance(v, str) and v.strip().lower() in ("false", "0", "no", "off", ""):
-        return False
-    if isinstance(v, int) and v in (0, 1):
-        return bool(v)
-    raise SpecError(f"{name} must be true or false, got {v!r}")
+    try:
+        return parse_bool(v, name)
+    except MfHarnessError as e:
+        raise SpecError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -177,6 +173,9 @@ class InterventionSpec:
             set_("coefficient", c)
         if self.amplify and self.coefficient is None:
             raise SpecError("'amplify' heads need a 'coefficient' (the paper uses 8-12)")
+        if self.coefficient is not None and not self.amplify:
+            raise SpecError(f"coefficient {self.coefficient:g} applies to amplified heads, and this spec amplifies "
+                            f"none (blocked heads are multiplied by 0): drop it or name 'amplify' heads")
         if self.scope not in SCOPES:
             raise SpecError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
         set_("decode", _parse_bool(self.decode, "decode"))
@@ -268,14 +267,16 @@ class InterventionSpec:
         p = Path(path).expanduser()
         if not p.is_file():
             raise SpecError(f"intervention file not found: {str(path)!r}")
-        spec = cls.from_json(p.read_text(), source=str(p))
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as e:
+            raise SpecError(f"intervention file {str(p)!r} is not a UTF-8 JSON text file ({type(e).__name__})") from None
+        spec = cls.from_json(text, source=str(p))
         return spec if spec.name else spec.replace(name=p.stem)
 
     def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(self.to_json() + "\n")
-        return p
+        """Write the spec's JSON atomically (a reader never sees half a file)."""
+        return atomic_write_text(path, self.to_json() + "\n")
 
     def replace(self, **changes: Any) -> "InterventionSpec":
         d = {
@@ -327,6 +328,9 @@ def spec_from_model_args(args: Mapping[str, Any]) -> tuple[InterventionSpec, dic
         if key in args:
             v = args[key]
             changes[key] = parse_heads("" if v is None else (v if isinstance(v, (list, tuple)) else str(v)), key)
+            if not changes[key]:
+                raise SpecError(f"{key}= names no heads; name at least one (e.g. {key}=L14H3+L20H0), or leave the "
+                                f"key out for the unmodified model")
     if "coefficient" in args:
         changes["coefficient"] = args["coefficient"]
     if "scope" in args:

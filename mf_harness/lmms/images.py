@@ -16,7 +16,7 @@ from PIL import Image
 
 from mf_harness.errors import DataError, MfHarnessError
 
-__all__ = ["ImagePrep", "IMAGE_PREP", "load_visuals", "qwen_fetch_image"]
+__all__ = ["ImagePrep", "IMAGE_PREP", "load_visuals", "qwen_fetch_image", "open_rgb"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -81,6 +81,26 @@ IMAGE_PREP: dict[str, Callable[[Image.Image, ImagePrep], Image.Image]] = {
 }
 
 
+def open_rgb(src, label: str) -> Image.Image:
+    """Decode an image file (a path or a file object) completely, as RGB; a truncated or corrupt file is a
+    `DataError` naming ``label``. (lmms-eval sets PIL's ``LOAD_TRUNCATED_IMAGES``, under which a cut file
+    decodes into a grey-filled picture and is scored as if it were the image.)"""
+    from PIL import ImageFile
+
+    old = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(src) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError as e:
+        raise DataError(f"{label}: image could not be loaded: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{label}: the image is truncated or corrupt ({e})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = old
+
+
 def load_visuals(doc_to_visual, doc, label: str, prep: ImagePrep, model_name: str = "this model") -> list[Image.Image]:
     """The doc's images, prepared by ``prep`` ([] for text-only requests); a clear `DataError` naming
     ``label`` for a missing or unreadable image."""
@@ -88,6 +108,8 @@ def load_visuals(doc_to_visual, doc, label: str, prep: ImagePrep, model_name: st
         return []
     try:
         visuals = doc_to_visual(doc)
+    except DataError as e:
+        raise DataError(f"{label}: {e}") from None  # name the request's doc too
     except MfHarnessError:
         raise
     except (FileNotFoundError, OSError) as e:
@@ -99,10 +121,7 @@ def load_visuals(doc_to_visual, doc, label: str, prep: ImagePrep, model_name: st
         if isinstance(v, str) and v.endswith(VIDEO_SUFFIXES):
             raise MfHarnessError(f"{label}: videos are not supported by {model_name}")
         if isinstance(v, str):
-            try:
-                v = Image.open(v)
-            except (FileNotFoundError, OSError) as e:
-                raise DataError(f"{label}: image could not be loaded: {e}") from None
+            v = open_rgb(v, label)
         if not isinstance(v, Image.Image):
             raise DataError(f"{label}: doc_to_visual gave a {type(v).__name__}, expected a PIL image")
         out.append(prep(v))

@@ -52,6 +52,7 @@ from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
+from mf_harness.checks import parse_bool, positive_int
 from mf_harness.core.arch import ArchRow, arch_for, geometry, resolve
 from mf_harness.core.hooks import HeadPlan, intervene
 from mf_harness.core.prompting import FAMILY_DEFAULT, PromptCodec
@@ -112,8 +113,22 @@ class IntervenedHF(lmms):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        # everything that can fail without the weights fails before they load
-        config = load_config(pretrained, revision, bool(trust_remote_code))
+        # everything that can fail without the weights fails before they load; model_args arrive as text,
+        # so booleans are parsed strictly ("no" must not become True) and counts must be positive
+        trust_remote_code = parse_bool(trust_remote_code, "trust_remote_code")
+        use_cache = parse_bool(use_cache, "use_cache")
+        batch_size = positive_int(batch_size, "batch_size")
+        if max_new_tokens is not None:
+            max_new_tokens = positive_int(max_new_tokens, "max_new_tokens")
+        min_pixels = None if min_pixels is None else positive_int(min_pixels, "min_pixels")
+        max_pixels = None if max_pixels is None else positive_int(max_pixels, "max_pixels")
+        if device is not None:
+            try:
+                torch.device(device)
+            except (RuntimeError, TypeError):
+                raise MfHarnessError(f"device must be a torch device such as cpu, cuda, cuda:1 or mps; got {device!r}") \
+                    from None
+        config = load_config(pretrained, revision, trust_remote_code)
         self.row: ArchRow = arch_for(config)
         self.family = self.row.family
         self.model_name = self.row.alias
@@ -153,7 +168,7 @@ class IntervenedHF(lmms):
             max_pixels = style.max_pixels if max_pixels is None else max_pixels
         self._model, self.processor = load_model(
             pretrained, device=device, device_map=device_map, dtype=dtype, attn_implementation=attn_implementation,
-            revision=revision, min_pixels=min_pixels, max_pixels=max_pixels, trust_remote_code=bool(trust_remote_code),
+            revision=revision, min_pixels=min_pixels, max_pixels=max_pixels, trust_remote_code=trust_remote_code,
         )
         # inputs go where the embeddings are (device_map="auto" may put them anywhere)
         self._device = self._model.get_input_embeddings().weight.device if device_map else torch.device(device)
@@ -170,9 +185,9 @@ class IntervenedHF(lmms):
             self.image_prep = ImagePrep(style.image_prep)
         self._tokenizer = self.processor.tokenizer
         self.pretrained = pretrained
-        self.default_max_new_tokens = int(max_new_tokens) if max_new_tokens else style.max_new_tokens
+        self.default_max_new_tokens = max_new_tokens or style.max_new_tokens
         self.use_cache = use_cache
-        self.batch_size_per_gpu = int(batch_size)
+        self.batch_size_per_gpu = batch_size
         self._config = self._model.config
         self._owns_model = True
         resolve(self._model)  # every hook site must exist before the first request

@@ -135,10 +135,12 @@ class _ExitOnFailure:
 
     @staticmethod
     def print_exc(*args, **kwargs):
-        exc = user_error(sys.exc_info()[1])
-        if exc is not None:
+        raised = sys.exc_info()[1]
+        exc = user_error(raised)
+        usage = cli_usage_error(raised) if exc is None else None
+        if exc is not None or usage is not None:
             # start on a fresh line: a progress bar may be mid-line on stderr
-            print(f"\nmf-harness: error: {exc}", file=sys.stderr)
+            print(f"\nmf-harness: error: {exc if exc is not None else usage}", file=sys.stderr)
         else:
             _traceback.print_exc(*args, **kwargs)
             exc = sys.exc_info()[1]
@@ -161,6 +163,27 @@ def user_error(exc: BaseException | None):
         last = getattr(exc, "last_attempt", None)  # tenacity.RetryError
         inner = last.exception() if last is not None and hasattr(last, "exception") else None
         exc = inner or exc.__cause__ or exc.__context__
+    return None
+
+
+def cli_usage_error(exc: BaseException | None) -> str | None:
+    """One line for the errors lmms-eval's CLI raises about its own arguments (``--tasks`` names no task,
+    ``--limit -2``, ``--limit 0``, a ``--model_args`` item without ``=``), which it would print as a traceback; None for
+    anything else (a bug keeps its traceback)."""
+    if not isinstance(exc, ValueError):
+        return None
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append((tb.tb_frame.f_code.co_filename.replace("\\", "/"), tb.tb_frame.f_code.co_name))
+        tb = tb.tb_next
+    if any(name == "simple_parse_args_string" for _, name in frames):
+        return ("--model_args must be key=value pairs separated by commas (lmms-eval splits on ','): join heads "
+                "with '+', e.g. block=L0H1+L1H2")
+    if frames and frames[-1][0].endswith("lmms_eval/__main__.py"):
+        return str(exc)
+    if frames and frames[-1][0].endswith("lmms_eval/api/task.py") and "did not find any docs" in str(exc):
+        return "the task has no docs to evaluate (--limit 0, or an empty split): give --limit >= 1 or leave it out"
     return None
 
 

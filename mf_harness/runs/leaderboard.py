@@ -32,6 +32,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from mf_harness.checks import atomic_write_text, save_figure
 from mf_harness.runs.records import RANDOM_CONTROLS, Record, record_key
 
 __all__ = ["specificity_tables", "cross_model_table", "render_markdown", "plot_mfr_vs_k", "plot_mfr_vs_coefficient",
@@ -173,13 +174,16 @@ def render_markdown(tables: Iterable[dict]) -> str:
 def _tables_to_csv(tables, path: Path) -> None:
     import csv
 
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        for t in tables:
-            w.writerow([t["title"]])
-            w.writerow(t["columns"])
-            w.writerows(t["rows"])
-            w.writerow([])
+    import io
+
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    for t in tables:
+        w.writerow([t["title"]])
+        w.writerow(t["columns"])
+        w.writerows(t["rows"])
+        w.writerow([])
+    atomic_write_text(path, f.getvalue())
 
 
 def plot_mfr_vs_k(records: Sequence[Record], path: Path) -> Path | None:
@@ -220,7 +224,7 @@ def plot_mfr_vs_k(records: Sequence[Record], path: Path) -> Path | None:
         ax.set_ylabel("MFR (%)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -246,7 +250,7 @@ def plot_mfr_vs_coefficient(records: Sequence[Record], path: Path) -> Path | Non
     ax.set_ylabel("MFR on failures (%)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -257,7 +261,8 @@ def write_leaderboard(records: Sequence[Record], out_prefix: str | Path) -> list
     tables = specificity_tables(records)
     written = []
     md = prefix.with_suffix(".md")
-    md.write_text(f"# {prefix.name}\n\n" + render_markdown(tables) + "\n" + render_markdown([cross_model_table([records])]))
+    atomic_write_text(md, f"# {prefix.name}\n\n" + render_markdown(tables) + "\n"
+                      + render_markdown([cross_model_table([records])]))
     written.append(md)
     csv = prefix.with_suffix(".csv")
     _tables_to_csv(tables, csv)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from mf_harness.checks import atomic_write_text
 from mf_harness.errors import MfHarnessError
 
 from mf_harness.runs.stats import paired_difference, seed_spread, summarize
@@ -234,10 +235,7 @@ def write_records(records: Iterable[Record], path: str | Path, header: dict | No
     if header is not None:
         lines.append(json.dumps({"type": "sweep", **header}, sort_keys=True))
     lines += [json.dumps(r.to_dict(), sort_keys=True) for r in records]
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(p)
-    return p
+    return atomic_write_text(p, "\n".join(lines) + "\n")
 
 
 def read_records(path: str | Path) -> tuple[dict | None, list[Record]]:

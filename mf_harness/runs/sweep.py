@@ -42,13 +42,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from mf_harness.checks import atomic_write_text, finite_nonnegative, positive_int, safe_name
 from mf_harness.errors import MfHarnessError
 from mf_harness.provenance import git_hash, package_versions
 from mf_harness.core.spec import Head, InterventionSpec
@@ -76,6 +76,33 @@ class SweepConfig:
     name: str = "sweep"
     engine: str = "fast"  # fast: all specs of a sample in one prefix-shared batch; lmms: one lmms-eval run per cell
     mfr_task: str = "mfr"  # MFR task family: <mfr_task>_text / <mfr_task>_vision (mfr, mfr_mc2, mfr_dev, your own)
+
+    def __post_init__(self) -> None:
+        """Every value checked before anything runs or is written (one clear line per problem)."""
+        from mf_harness.core.spec import SCOPES
+
+        safe_name(self.name, "sweep name")
+        if not isinstance(self.ks, (list, tuple)) or not self.ks:
+            raise MfHarnessError(f"ks must be a non-empty list of head counts; got {self.ks!r}")
+        self.ks = [positive_int(k, "k (heads per set)") for k in self.ks]
+        randoms = [c for c in self.controls if c in ("random", "random_any")]
+        self.seeds = positive_int(self.seeds, "seeds", minimum=1 if randoms else 0)
+        if self.limit is not None:
+            self.limit = positive_int(self.limit, "limit (docs per task; leave it out for all)")
+        self.batch_size = positive_int(self.batch_size, "batch_size")
+        self.coefficients = [finite_nonnegative(c, "coefficient") for c in self.coefficients]
+        if not self.block and not self.coefficients:
+            raise MfHarnessError("the sweep has nothing to run: blocking is off and no amplification coefficient given")
+        bad = [s for s in self.scopes if s not in SCOPES]
+        if bad or not self.scopes:
+            raise MfHarnessError(f"scopes must be among {', '.join(SCOPES)}; got {self.scopes!r}")
+        bad = [f for f in self.follows if f not in ("text", "vision")]
+        if bad or not self.follows:
+            raise MfHarnessError(f"follows must be among text, vision; got {self.follows!r}")
+        if self.engine not in ("fast", "lmms"):
+            raise MfHarnessError(f"engine must be fast or lmms, got {self.engine!r}")
+        if not isinstance(self.model_args, str):
+            raise MfHarnessError(f"model_args must be text (lmms-eval's key=value,...); got {self.model_args!r}")
 
     def mfr_task_for(self, follow: str) -> str:
         return f"{self.mfr_task}_{follow}"
@@ -159,12 +186,18 @@ def load_rankings(path: str | Path) -> dict[str, list[Head]]:
         p = p / "heads.csv"
     if not p.is_file():
         raise MfHarnessError(f"rankings not found: {str(path)!r} (expected heads.csv from `mf-harness discover`)")
-    df = pd.read_csv(p)
+    try:
+        df = pd.read_csv(p)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise MfHarnessError(f"rankings {p} is not a CSV file ({type(e).__name__})") from None
     missing = {"follow", "layer", "head", "rank"} - set(df.columns)
     if missing:
         raise MfHarnessError(f"{p}: missing columns {sorted(missing)}")
-    return {f: [Head(int(r.layer), int(r.head)) for r in g.sort_values("rank").itertuples()]
-            for f, g in df.groupby("follow")}
+    try:
+        return {f: [Head(int(r.layer), int(r.head)) for r in g.sort_values("rank").itertuples()]
+                for f, g in df.groupby("follow")}
+    except (ValueError, TypeError) as e:
+        raise MfHarnessError(f"rankings {p}: layer and head must be non-negative integers ({e})") from None
 
 
 def random_matched(targeted: Sequence[Head], num_heads: int, seed: int, salt: str = "") -> tuple[Head, ...]:
@@ -237,12 +270,6 @@ def plan_cells(cfg: SweepConfig, rankings: dict[str, list[Head]], num_layers: in
     return cells
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _run_cell(lm, cell: Cell, cfg: SweepConfig, out: Path, task_manager, run_id: str | None = None) -> dict:
     from lmms_eval import evaluator
     from lmms_eval.loggers import EvaluationTracker
@@ -285,14 +312,14 @@ def _write_lmms_layout(out: Path, cell: Cell, task: str, task_obj, margs: str, d
                "n-samples": {task: {"original": len(docs), "effective": len(docs)}},
                "config": {"model": model_name, "model_args": margs, "engine": "mf_harness.lmms.fast_engine"},
                "date": stamp}
-    _atomic_write(d / f"{stamp}_results_{task}.json", json.dumps(results, indent=2, default=str))
+    atomic_write_text(d / f"{stamp}_results_{task}.json", json.dumps(results, indent=2, default=str))
     lines = []
     for i, doc in enumerate(docs):
         row = {"doc_id": i, "target": task_obj.doc_to_target(doc), "resps": [[answers[i]]],
                "filtered_resps": [answers[i]], "input": task_obj.doc_to_text(doc)}
         row.update(per_sample[str(i)])
         lines.append(json.dumps(row, default=str))
-    _atomic_write(d / f"{stamp}_samples_{task}.jsonl", "\n".join(lines) + "\n")
+    atomic_write_text(d / f"{stamp}_samples_{task}.jsonl", "\n".join(lines) + "\n")
 
 
 def _score(task_obj, docs, answers: dict) -> tuple[dict, dict, dict]:
@@ -310,8 +337,8 @@ def _score(task_obj, docs, answers: dict) -> tuple[dict, dict, dict]:
     for m, values in columns.items():
         fn = aggs.get(m, mean)
         metrics[m] = fn(values)
-        if fn is mean:
-            stderr[m] = mean_stderr(values)
+        if fn is mean:  # one doc has no standard error
+            stderr[m] = mean_stderr(values) if len(values) > 1 else None
     return per_sample, metrics, stderr
 
 
@@ -376,30 +403,41 @@ def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True) -> dict:
 
     plugin.install()
     out = Path(out)
-    (out / "cells").mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise MfHarnessError(f"output dir {out} is a file; give a directory (it is created if missing)")
     manifest_path = out / "sweep.json"
+    manifest = None
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest["config"] != cfg.to_dict():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            same = manifest["config"] == cfg.to_dict()
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise MfHarnessError(f"{manifest_path} is not a sweep manifest ({type(e).__name__}); use another "
+                                 f"--output-dir") from None
+        if not same:
             raise MfHarnessError(f"{out} holds a different sweep (config differs); use another --output-dir")
-    else:
-        manifest = {"config": cfg.to_dict(),
-                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "git": git_hash(), "versions": package_versions()}
-        _atomic_write(manifest_path, json.dumps(manifest, indent=2))
-    args = simple_parse_args_string(cfg.model_args)
+    # everything that can be wrong with the config fails here, before anything is written
+    try:
+        args = simple_parse_args_string(cfg.model_args)
+    except ValueError:
+        raise MfHarnessError(f"model_args must be key=value pairs separated by commas; got {cfg.model_args!r}") \
+            from None
     lm = IntervenedHF(batch_size=cfg.batch_size, **{k: v for k, v in args.items() if k != "batch_size"})
     if not lm.spec.is_empty:
         raise MfHarnessError("the sweep's model_args must not carry a spec (the sweep sets one per cell)")
     rankings = load_rankings(cfg.rankings)
     cells = plan_cells(cfg, rankings, lm.geometry.num_layers, lm.geometry.num_heads)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    if manifest is None:
+        manifest = {"config": cfg.to_dict(),
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "git": git_hash(), "versions": package_versions()}
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     counter = {"forwards": 0}
     handle = lm.model.register_forward_pre_hook(lambda m, a: counter.__setitem__("forwards", counter["forwards"] + 1))
     tm = TaskManager("ERROR")
     t0 = time.time()
     ran = skipped = 0
-    if cfg.engine not in ("fast", "lmms"):
-        raise MfHarnessError(f"engine must be fast or lmms, got {cfg.engine!r}")
     try:
         pending = [c for c in cells if not (out / "cells" / f"{c.cell_id}.json").exists()]
         skipped = len(cells) - len(pending)
@@ -411,7 +449,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True) -> dict:
                 part = _run_cell(lm, Cell(**{**cell.__dict__, "tasks": tuple(rest)}), cfg, out, tm, cell.cell_id)
                 tasks.update(part["tasks"])
             result = {"cell_id": cell.cell_id, "meta": cell.meta(), "tasks": {t: tasks[t] for t in cell.tasks}}
-            _atomic_write(out / "cells" / f"{cell.cell_id}.json", json.dumps(result, sort_keys=True))
+            atomic_write_text(out / "cells" / f"{cell.cell_id}.json", json.dumps(result, sort_keys=True))
             ran += 1
     finally:
         handle.remove()
@@ -420,5 +458,5 @@ def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True) -> dict:
     write_records(records, out / "records.jsonl", header=manifest)
     stats = {"cells": len(cells), "cells_run": ran, "cells_skipped": skipped, "forwards": counter["forwards"],
              "wall_s": time.time() - t0}
-    _atomic_write(out / "sweep_stats.json", json.dumps(stats, indent=2))
+    atomic_write_text(out / "sweep_stats.json", json.dumps(stats, indent=2))
     return {"records": records, **stats, "out": out}

@@ -66,9 +66,10 @@ def to_rgb(image: Any, label: str):
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, Mapping) and (image.get("bytes") or image.get("path")):
+        from mf_harness.lmms.images import open_rgb
+
         src = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
-        with Image.open(src) as im:
-            return im.convert("RGB")
+        return open_rgb(src, label)
     raise DataError(f"{label}: unusable 'image' value of type {type(image).__name__}")
 
 

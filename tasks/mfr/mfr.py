@@ -381,9 +381,10 @@ def doc_to_visual(doc: Mapping[str, Any]) -> list:
     if isinstance(image, Mapping) and (image.get("bytes") or image.get("path")):
         import io
 
+        from mf_harness.lmms.images import open_rgb
+
         src = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
-        with Image.open(src) as im:
-            return [im.convert("RGB")]
+        return [open_rgb(src, f"doc {doc.get('sample_id')!r}")]
     raise DataError(f"doc {doc.get('sample_id')!r}: unusable 'image' value of type {type(image).__name__}")
 
 

@@ -163,8 +163,10 @@ def coco_image_path(image_id: Any, root: str | os.PathLike | Sequence[str | os.P
 
 
 def load_coco_image(image_id: Any, root: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> Image.Image:
-    with Image.open(coco_image_path(image_id, root)) as im:
-        return im.convert("RGB")
+    from mf_harness.lmms.images import open_rgb
+
+    path = coco_image_path(image_id, root)
+    return open_rgb(path, f"COCO image {path.name}")
 
 
 # ---------------------------------------------------------------------------- synthetic set
