@@ -74,7 +74,6 @@ def main() -> None:
 
     from lmms_eval.api.instance import Instance
 
-    from mf_harness.core.hooks import HeadPlan, intervene
     from mf_harness.lmms.model import IntervenedHF
     from mf_harness.lmms.fast_engine import MultiSpecRunner
     from mf_harness.core.spec import Head, InterventionSpec

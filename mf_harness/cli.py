@@ -72,7 +72,20 @@ def _cmd_spec(args) -> int:
     for key in ("block", "amplify"):
         if getattr(args, key) is not None and not getattr(args, key).strip():
             raise MfHarnessError(f"--{key} names no heads; name at least one (e.g. --{key} L14H3+L20H0) or leave it out")
-    spec = InterventionSpec.load(args.file) if args.file else InterventionSpec()
+    files = list(args.file)
+    if files[:1] == ["import"]:
+        if len(files) != 2:
+            raise MfHarnessError("spec import takes one SOURCE: a CSV, a file of head names (or the names "
+                                 "inline), a layer_idx/head_idx JSON config, or a spec file")
+        from mf_harness.core.spec_import import import_spec
+
+        spec = import_spec(files[1], args.format, k=args.k, by=args.by, follow=args.follow, action=args.action,
+                           coefficient=args.coefficient, scope=args.scope or "instruction", name=args.name)
+        args.block = args.amplify = args.coefficient = args.scope = args.name = None  # consumed by the import
+    elif len(files) > 1:
+        raise MfHarnessError(f"spec takes one FILE (or 'import SOURCE'); got {files}")
+    else:
+        spec = InterventionSpec.load(files[0]) if files else InterventionSpec()
     changes = {k: v for k, v in {
         "block": args.block, "amplify": args.amplify, "coefficient": args.coefficient, "scope": args.scope,
         "decode": args.decode, "name": args.name}.items() if v is not None}
@@ -327,6 +340,29 @@ def trusted_rerun(cfg, baseline: Path, model_args: str | None, rankings: str | N
     return cfg
 
 
+def _cmd_heads(args) -> int:
+    import json
+
+    from mf_harness.analysis.headsets import compare_heads, load_rankings, plot_comparison
+
+    a = load_rankings(args.a, args.layers_a)
+    b = load_rankings(args.b, args.layers_b)
+    pairs = compare_heads(a, b, args.k)
+    for c in pairs:
+        print(f"{c['follow']}: {c['a']} ({c['layers_a']} layers) vs {c['b']} ({c['layers_b']} layers)")
+        print("  Jaccard of the top k: " + ", ".join(f"k={k}: {v:.2f}" for k, v in c["jaccard"].items()))
+        print(f"  Spearman rank correlation: {c['spearman']:.3f} over {c['spearman_n']} heads")
+        edges = [f"{i / len(c['profile_a']):.1f}" for i in range(len(c["profile_a"]))]
+        print(f"  top-{c['profile_k']} heads by relative depth (layer / layers, from): "
+              + "  ".join(f"{e}: {pa:.2f}/{pb:.2f}" for e, pa, pb in zip(edges, c["profile_a"], c["profile_b"])))
+    if args.output_dir:
+        out = Path(args.output_dir)
+        atomic_write_text(out / "heads_compare.json", json.dumps(pairs, indent=2, default=str) + "\n")
+        print(f"wrote {out / 'heads_compare.json'}")
+        print(f"wrote {plot_comparison(pairs, out / 'heads_compare.png')}")
+    return 0
+
+
 def _cmd_train_embedded(args) -> int:
     from mf_harness.embedded.train import main as train_main
 
@@ -338,8 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("embedded-path", help="print the directory of the embedded default checkpoint")
     s.set_defaults(func=_cmd_embedded_path)
-    s = sub.add_parser("spec", help="validate, build or convert an intervention spec")
-    s.add_argument("file", nargs="?", help="spec JSON file")
+    s = sub.add_parser("spec", help="validate, build, import or convert an intervention spec",
+                       description="mf-harness spec FILE | mf-harness spec import SOURCE (see --format)")
+    s.add_argument("file", nargs="*", metavar="FILE | import SOURCE",
+                   help="a spec JSON file; or 'import' and a head set from elsewhere")
+    s.add_argument("--format", default="auto", choices=["auto", "csv", "names", "layer-head", "spec"],
+                   help="import: csv (layer, head, score; top --k), names (L14H3, blocks.14.attn.hook_z:3), "
+                        "layer-head (layer_idx/head_idx/alpha JSON, arXiv 2507.01790), spec")
+    s.add_argument("--k", type=_pos_int("--k"), default=None, help="import: the top k heads")
+    s.add_argument("--by", default=None, help="import csv: the score column (default: score, else rank)")
+    s.add_argument("--follow", default=None, help="import csv: the direction, when the table has a follow column")
+    s.add_argument("--action", choices=["block", "amplify"], default=None,
+                   help="import: what to do to the heads (default: amplify when a coefficient/alpha is given)")
     s.add_argument("--block", help="heads to block, e.g. L14H3+L20H0")
     s.add_argument("--amplify", help="heads to amplify")
     s.add_argument("--coefficient", type=_typed(lambda v: finite_nonnegative(v, "--coefficient"),
@@ -418,6 +464,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model the header may name without --model-args (repeatable)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_compare)
+    s = sub.add_parser("heads", help="compare two head sets or rankings: overlap, rank correlation, depth profile")
+    hs = s.add_subparsers(dest="heads_command", required=True, parser_class=_Parser)
+    c = hs.add_parser("compare", help="A and B: heads.csv[:COLUMN] or a spec file")
+    c.add_argument("a", help="a ranking (heads.csv, optionally :COLUMN to rank by it) or a spec file")
+    c.add_argument("b", help="the same for the other set")
+    c.add_argument("--k", type=_typed(_int_list, "--k must be comma-separated integers >= 1"), default="1,2,4,8,16",
+                   help="top-k sizes for the overlap (the largest also sets the depth profile)")
+    c.add_argument("--layers-a", type=_pos_int("--layers-a"), default=None,
+                   help="layers of A's model (default: highest listed layer + 1)")
+    c.add_argument("--layers-b", type=_pos_int("--layers-b"), default=None, help="layers of B's model")
+    c.add_argument("--output-dir", type=Path, default=None, help="write heads_compare.json and heads_compare.png")
+    c.set_defaults(func=_cmd_heads)
     s = sub.add_parser("train-embedded", help="train the embedded tiny VLM (CPU, deterministic); args go to "
                                               "python -m mf_harness.embedded.train (see --help there)", add_help=False)
     s.add_argument("train_args", nargs=argparse.REMAINDER)

@@ -1,7 +1,6 @@
 """The analysis measures against hand computations on a tiny real Qwen2.5-VL."""
 
 import json
-import math
 
 import pytest
 import torch

@@ -18,7 +18,7 @@ from mf_harness.runs.records import build_records, read_records, write_records
 from mf_harness.core.spec import Head
 from mf_harness.runs.stats import paired_difference, summarize
 from mf_harness.errors import MfHarnessError
-from mf_harness.runs.sweep import Cell, SweepConfig, plan_cells, random_any, random_matched
+from mf_harness.runs.sweep import SweepConfig, plan_cells, random_any, random_matched
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -287,8 +287,9 @@ def test_compare_cli_passes_then_fails_on_an_edited_baseline(tmp_path, rankings)
     r = subprocess.run(_sweep_cmd(tmp_path / "base", rankings), capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     base = tmp_path / "base" / "records.jsonl"
-    ok = subprocess.run([str(BIN / "mf-harness"), "compare", "--baseline", str(base), "--no-progress"],
-                        capture_output=True, text=True, env=env, timeout=600)
+    # the rankings live outside the working directory: compare re-runs with them only when named
+    ok = subprocess.run([str(BIN / "mf-harness"), "compare", "--baseline", str(base), "--no-progress",
+                         "--rankings", str(rankings)], capture_output=True, text=True, env=env, timeout=600)
     assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stdout + ok.stderr[-2000:]
     lines = base.read_text().splitlines()
     for i, line in enumerate(lines):
@@ -299,8 +300,8 @@ def test_compare_cli_passes_then_fails_on_an_edited_baseline(tmp_path, rankings)
             break
     edited = tmp_path / "edited.jsonl"
     edited.write_text("\n".join(lines) + "\n")
-    bad = subprocess.run([str(BIN / "mf-harness"), "compare", "--baseline", str(edited), "--no-progress"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    bad = subprocess.run([str(BIN / "mf-harness"), "compare", "--baseline", str(edited), "--no-progress",
+                          "--rankings", str(rankings)], capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 1
     assert "REGRESSION" in bad.stdout and "neither" in bad.stdout
 
@@ -319,7 +320,7 @@ def test_sweep_on_another_mfr_task_family(tmp_path, rankings):
     assert {r.head_set for r in recs} >= {"original", "targeted", "random", "random_any", "targeted-random",
                                              "targeted-random_any"}
     # the original cell's per-sample answers are lmms-eval's own on mfr_dev_text
-    from mf_harness.demo import run_mfr
+    from mf_harness.lmms.run import run_mfr
 
     direct = run_mfr("pretrained=embedded", tasks=("mfr_dev_text",), limit=6)["mfr_dev_text"]
     (o,) = [r for r in recs if r.head_set == "original" and r.metric == "mfr" and r.subset == "full"]
