@@ -247,3 +247,37 @@ def test_no_hook_leaks_when_registration_fails_half_way(tiny_qwen25_dir, monkeyp
         with intervene(model, plan):
             pass
     assert count() == before and active_handles() == 0
+
+
+def test_truncated_coco_image_through_lmms_eval_names_the_image(tmp_path):
+    """The real MC2 file with COCO images that are cut short: one line naming the image, exit 1, no score."""
+    import io
+
+    from PIL import Image
+
+    mc2 = Path(os.environ.get("MF_HARNESS_SHARED", REPO.parent / "shared")) / "data" / "mc2" / "evaluate_final.json"
+    items = json.loads(mc2.read_text())[:40]
+    buf = io.BytesIO()
+    Image.new("RGB", (320, 240), (10, 120, 200)).save(buf, format="JPEG", quality=90)
+    cut = buf.getvalue()[: len(buf.getvalue()) // 3]
+    for it in items:
+        (tmp_path / f"COCO_val2014_{it['image_id']}.jpg").write_bytes(cut)
+    env = dict(ENV, MF_HARNESS_MC2_FILE=str(mc2), MF_HARNESS_COCO_ROOT=str(tmp_path))
+    p = subprocess.run([str(BIN / "lmms-eval"), "--model", "intervened_qwen", "--model_args", "pretrained=embedded",
+                        "--tasks", "mfr_mc2_text", "--limit", "2", "--output_path", str(tmp_path / "o")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    _one_line_error(p, 1, ["COCO image COCO_val2014_", "truncated or corrupt"], "truncated COCO image")
+    assert not list((tmp_path / "o").rglob("*_results.json"))  # nothing scored
+
+
+def test_corrupt_sweep_manifest_is_one_line_and_kept(tmp_path):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text("{not json")
+    rank = tmp_path / "heads.csv"
+    rank.write_text("follow,layer,head,rank\ntext,0,1,1\n")
+    p = subprocess.run([str(BIN / "mf-harness"), "sweep", "--rankings", str(rank), "--follows", "text", "--k", "1",
+                        "--seeds", "1", "--controls", "random", "--output-dir", str(out)], env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    _one_line_error(p, 2, ["sweep.json is not a sweep manifest", "another --output-dir"], "corrupt sweep.json")
+    assert (out / "sweep.json").read_text() == "{not json" and sorted(x.name for x in out.iterdir()) == ["sweep.json"]
