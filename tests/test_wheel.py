@@ -18,9 +18,16 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHO
 def wheel_venv(tmp_path_factory):
     """A fresh venv holding only the built wheel; its dependencies come from this venv's site-packages through a
     .pth path (so the editable checkout's finder, a .pth of this venv, is *not* active there)."""
+    import shutil
+
     tmp = tmp_path_factory.mktemp("wheel")
+    # build from a copy: setuptools writes mf_harness.egg-info into the source tree, and a stale one in the
+    # checkout would shadow the editable install's entry points for anything that puts the repo on sys.path
+    src = tmp / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "out", "build", "dist", "*.egg-info",
+                                                               "__pycache__", ".pytest_cache"))
     subprocess.run([str(BIN / "pip"), "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
-                    str(REPO)], check=True, env=ENV, capture_output=True)
+                    str(src)], check=True, env=ENV, capture_output=True)
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
