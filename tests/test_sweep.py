@@ -356,3 +356,18 @@ def test_random_controls_pool_capability_metrics_over_seeds():
     row = next(r for r in table["rows"] if r[0].startswith("random (layer-matched)"))
     cell = row[table["columns"].index("cap/acc")]
     assert cell.startswith("75.0") and "-5.0" in cell, cell
+
+
+def test_card_intervals_against_hand_computations():
+    """The intervals the embedded model's card reports live in runs.stats (no copies in the trainer)."""
+    from mf_harness.runs.stats import paired_bootstrap_interval, t_interval, wilson_interval
+
+    # Wilson, p = 0.5, n = 100: 0.5 -+ 1.96 sqrt(0.25/100 + 1.96^2/40000) / (1 + 1.96^2/100)
+    half = 1.96 * math.sqrt(0.0025 + 1.96 ** 2 / 40000) / (1 + 1.96 ** 2 / 100)
+    assert wilson_interval(0.5, 100) == (round(0.5 - half, 4), round(0.5 + half, 4)) == (0.4038, 0.5962)
+    assert wilson_interval(1.0, 20)[1] == 1.0 and math.isnan(wilson_interval(0.3, 0)[0])
+    # t, n = 3: 2 -+ 4.303 * 1 / sqrt(3)
+    assert t_interval([1.0, 2.0, 3.0]) == (round(2 - 4.303 / math.sqrt(3), 4), round(2 + 4.303 / math.sqrt(3), 4))
+    assert paired_bootstrap_interval([0, 0, 0, 0], [[1, 1, 1, 1], [1, 1, 1, 1]]) == (1.0, 1.0)
+    lo, hi = paired_bootstrap_interval([1, 0, 1, 0, 1, 0], [[1, 1, 1, 1, 1, 1]])
+    assert 0.0 <= lo < 0.5 < hi <= 1.0

@@ -8,6 +8,9 @@ All functions take per-sample values (0/1 outcomes or reals) and are determinist
 * `paired_difference`: for two conditions measured on the same samples (e.g. targeted heads
   vs random heads), the per-sample difference d_i = a_i - b_i, summarised the same way;
   pairing removes the between-sample variance that an unpaired comparison would carry.
+* `wilson_interval` (a proportion), `t_interval` (the mean of a few seeds) and
+  `paired_bootstrap_interval` (mean over seeds of a control minus a targeted 0/1 outcome, docs
+  resampled with Python's ``random``): the intervals of the embedded model's card.
 * Random controls over several seeds: average each sample's outcome over the seeds first
   (b_i = mean_s b_{i,s}), then pair with the targeted outcome; `seed_spread` reports the
   across-seed standard deviation of the seed means.
@@ -21,7 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Summary", "summarize", "paired_difference", "seed_spread", "bootstrap_ci"]
+__all__ = ["Summary", "summarize", "paired_difference", "seed_spread", "bootstrap_ci", "wilson_interval", "t_interval",
+           "paired_bootstrap_interval"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +75,38 @@ def paired_difference(a: Sequence[float], b: Sequence[float], n_boot: int = 2000
 def seed_spread(per_seed_means: Sequence[float]) -> float:
     x = np.asarray(list(per_seed_means), dtype=float)
     return float(x.std(ddof=1)) if len(x) > 1 else math.nan
+
+
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion ``p`` over ``n`` trials (rounded to 4 places)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    w = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (round(max(0.0, c - w), 4), round(min(1.0, c + w), 4))
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Student-t 95% interval of the mean of a few values (e.g. seeds), rounded to 4 places."""
+    # two-sided 95% Student t quantiles for n-1 degrees of freedom (n = 2..10)
+    t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return (m, m)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    h = t.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return (round(m - h, 4), round(m + h, 4))
+
+
+def paired_bootstrap_interval(targeted: Sequence[int], randoms: Sequence[Sequence[int]], reps: int = 2000,
+                              seed: int = 0) -> tuple[float, float]:
+    """95% CI of mean_seeds(random MFR) - targeted MFR, resampling docs (paired across conditions)."""
+    import random
+
+    n = len(targeted)
+    per_doc = [sum(r[i] for r in randoms) / len(randoms) - targeted[i] for i in range(n)]
+    rng = random.Random(seed)
+    stats = sorted(sum(per_doc[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
+    return (round(stats[int(0.025 * reps)], 4), round(stats[int(0.975 * reps) - 1], 4))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-import math
 import os
 import time
 
@@ -15,38 +14,7 @@ from mf_harness.embedded.train.config import DEFAULT
 from mf_harness.embedded.train.loop import load_checkpoint
 from mf_harness.embedded.train.measure import (bundled_docs, first_token_mfr, head_effects, ldar_by_layer,
                                                random_heads, ranked_heads)
-
-
-def wilson_ci(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (math.nan, math.nan)
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    w = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (round(max(0.0, c - w), 4), round(min(1.0, c + w), 4))
-
-
-def t_ci(values: Sequence[float]) -> tuple[float, float]:
-    # two-sided 95% Student t quantiles for n-1 degrees of freedom (n = 2..10)
-    t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
-        return (m, m)
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    h = t.get(n - 1, 1.96) * sd / math.sqrt(n)
-    return (round(m - h, 4), round(m + h, 4))
-
-
-def paired_bootstrap(targeted: Sequence[int], randoms: Sequence[Sequence[int]], reps: int = 2000, seed: int = 0):
-    """95% CI of mean_seeds(random MFR) - targeted MFR, resampling docs (paired across conditions)."""
-    import random
-
-    n = len(targeted)
-    per_doc = [sum(r[i] for r in randoms) / len(randoms) - targeted[i] for i in range(n)]
-    rng = random.Random(seed)
-    stats = sorted(sum(per_doc[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
-    return (round(stats[int(0.025 * reps)], 4), round(stats[int(0.975 * reps) - 1], 4))
+from mf_harness.runs.stats import paired_bootstrap_interval, t_interval, wilson_interval
 
 
 def lmms_mfr(path: Path, follow: str, extra_args: str = "", env: dict | None = None) -> list[int]:
@@ -113,7 +81,7 @@ def evaluate(path: str | Path, seed: int = 0, ks: Sequence[int] = (1, 2, 4, 8), 
             if name == "paper":
                 per_doc[follow] = hits
             p = sum(hits) / len(hits)
-            out["mfr"][name][follow] = {"mfr": round(p, 4), "n": len(hits), "ci95": wilson_ci(p, len(hits))}
+            out["mfr"][name][follow] = {"mfr": round(p, 4), "n": len(hits), "ci95": wilson_interval(p, len(hits))}
         log(f"  MFR {name}: {out['mfr'][name]}  ({time.time() - t0:.0f}s)")
 
     # 2. where the conflict is settled: LDAR by layer on the bundled docs
@@ -168,13 +136,13 @@ def headline(path: str | Path, results: dict, follow: str, scope: str, k: int, n
     return {
         "follow": follow, "scope": scope, "k": k, "n": n,
         "heads": [str(h) for h in top],
-        "original": {"mfr": round(m(base), 4), "ci95": wilson_ci(m(base), n)},
-        "targeted": {"mfr": round(m(tgt), 4), "ci95": wilson_ci(m(tgt), n)},
+        "original": {"mfr": round(m(base), 4), "ci95": wilson_interval(m(base), n)},
+        "targeted": {"mfr": round(m(tgt), 4), "ci95": wilson_interval(m(tgt), n)},
         "random": {"mfr_mean": round(m(rnd_means), 4), "per_seed": [round(x, 4) for x in rnd_means],
-                   "ci95_over_seeds": t_ci(rnd_means),
+                   "ci95_over_seeds": t_interval(rnd_means),
                    "heads": [[f"L{l}H{h}" for l, h in hs] for hs in rnd_sets]},
         "gap": round(m(rnd_means) - m(tgt), 4),
-        "gap_ci95_paired_bootstrap": paired_bootstrap(tgt, rnd),
+        "gap_ci95_paired_bootstrap": paired_bootstrap_interval(tgt, rnd),
     }
 
 
