@@ -132,7 +132,7 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
     return {"lens": rows_lens, "layers": rows_layers, "heads": rows_heads}
 
 
-def ldar_table(rows_lens) -> "pandas.DataFrame":
+def ldar_table(rows_lens):
     """LDAR by (follow, site, layer), over all samples and split by success / failure."""
     import pandas as pd
 

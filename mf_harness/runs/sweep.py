@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mf_harness.checks import atomic_write_text, finite_nonnegative, positive_int, safe_name
+from mf_harness.runs.lmms_layout import score_answers, write_lmms_layout
 from mf_harness.errors import MfHarnessError
 from mf_harness.provenance import git_hash, package_versions
 from mf_harness.core.spec import Head, InterventionSpec
@@ -301,47 +302,6 @@ def _run_cell(lm, cell: Cell, cfg: SweepConfig, out: Path, task_manager, run_id:
     return {"cell_id": cell.cell_id, "meta": cell.meta(), "tasks": tasks}
 
 
-def _write_lmms_layout(out: Path, cell: Cell, task: str, task_obj, margs: str, docs, answers: dict, per_sample: dict,
-                       metrics: dict, stderr: dict, stamp: str, model_name: str) -> None:
-    """Results + samples files in lmms-eval's layout for one cell and one task."""
-    d = out / "runs" / cell.cell_id / model_name
-    d.mkdir(parents=True, exist_ok=True)
-    results = {"results": {task: {"alias": task, **{f"{m},none": v for m, v in metrics.items()},
-                                  **{f"{m}_stderr,none": v for m, v in stderr.items()}}},
-               "configs": {task: task_obj.dump_config()},
-               "n-samples": {task: {"original": len(docs), "effective": len(docs)}},
-               "config": {"model": model_name, "model_args": margs, "engine": "mf_harness.lmms.fast_engine"},
-               "date": stamp}
-    atomic_write_text(d / f"{stamp}_results_{task}.json", json.dumps(results, indent=2, default=str))
-    lines = []
-    for i, doc in enumerate(docs):
-        row = {"doc_id": i, "target": task_obj.doc_to_target(doc), "resps": [[answers[i]]],
-               "filtered_resps": [answers[i]], "input": task_obj.doc_to_text(doc)}
-        row.update(per_sample[str(i)])
-        lines.append(json.dumps(row, default=str))
-    atomic_write_text(d / f"{stamp}_samples_{task}.jsonl", "\n".join(lines) + "\n")
-
-
-def _score(task_obj, docs, answers: dict) -> tuple[dict, dict, dict]:
-    """Per-sample metrics via the task's process_results, aggregated with its own aggregations."""
-    from lmms_eval.api.metrics import mean, mean_stderr
-
-    per_sample, columns = {}, {}
-    for i, doc in enumerate(docs):
-        r = task_obj.process_results(doc, [answers[i]])
-        per_sample[str(i)] = {k: v for k, v in r.items() if v is None or isinstance(v, (int, float, bool))}
-        for k, v in r.items():
-            columns.setdefault(k, []).append(v)
-    aggs = task_obj.aggregation()
-    metrics, stderr = {}, {}
-    for m, values in columns.items():
-        fn = aggs.get(m, mean)
-        metrics[m] = fn(values)
-        if fn is mean:  # one doc has no standard error
-            stderr[m] = mean_stderr(values) if len(values) > 1 else None
-    return per_sample, metrics, stderr
-
-
 def _run_fast(lm, cells: list[Cell], cfg: SweepConfig, out: Path, progress: bool) -> dict[str, dict]:
     """MFR tasks of all ``cells`` in one pass per sample; returns {cell_id: {task: task result}}."""
     from lmms_eval.utils import get_datetime_str
@@ -383,9 +343,9 @@ def _run_fast(lm, cells: list[Cell], cfg: SweepConfig, out: Path, progress: bool
                 f.flush()
         stamp = get_datetime_str()
         for c in tcells:
-            per_sample, metrics, stderr = _score(task_obj, docs, answers[c.cell_id])
+            per_sample, metrics, stderr = score_answers(task_obj, docs, answers[c.cell_id])
             margs = ",".join(a for a in (cfg.model_args, c.model_args()) if a)
-            _write_lmms_layout(out, c, task, task_obj, margs, docs, answers[c.cell_id], per_sample, metrics, stderr,
+            write_lmms_layout(out, c, task, task_obj, margs, docs, answers[c.cell_id], per_sample, metrics, stderr,
                                stamp, lm.model_name)
             results[c.cell_id][task] = {"metrics": metrics, "stderr": stderr, "samples": per_sample, "n": len(docs)}
     return results

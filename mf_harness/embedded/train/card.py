@@ -23,7 +23,6 @@ def model_card(info: dict, results: dict) -> str:
     L, H = results["heads"]
     mfr = results["mfr"]
     ldar = results["ldar"]
-    scope_used = results.get("scope_used", "instruction")
     fmt = lambda ci: f"[{ci[0]:.3f}, {ci[1]:.3f}]"  # noqa: E731
     parts = [
         "# Embedded model: a tiny Qwen2.5-VL trained to follow modality instructions",

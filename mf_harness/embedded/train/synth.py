@@ -35,7 +35,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from mf_harness.tasks.mfr.mfr import FORMAT_INSTRUCTION, INSTRUCTIONS, render_prompt
-from mf_harness.tasks.mfr.mfr_data import COLORS, IMAGE_SIZE, NUMBER_WORDS, PLURAL, SHAPES, SYNONYMS
+from mf_harness.tasks.mfr.mfr_data import COLORS, IMAGE_SIZE, NUMBER_WORDS, PLURAL, SHAPES
 from mf_harness.tasks.mfr.mfr_data import draw_shape as _draw  # the eval set's geometry
 from mf_harness.tasks.mfr.mfr_data import mfr_row
 
