@@ -95,7 +95,7 @@ def test_demo_exits_nonzero_when_its_numbers_are_implausible(tmp_path, monkeypat
             return torch.ones(x.shape[0], T, x.shape[2] // self.head_dim, dtype=x.dtype), 0
 
         monkeypatch.setattr(hooks._LayerHooks, "factor", no_op)
-        monkeypatch.setattr(hooks._Tracker, "check", lambda self, heads: None)
+        monkeypatch.setattr(hooks._Tracker, "check", lambda self: None)
     rc = demo.main(limit=12, out=tmp_path / "demo")
     err = capsys.readouterr().err
     assert rc == (1 if broken else 0)

@@ -197,16 +197,15 @@ def chunk_start(args: tuple, kwargs: dict, length: int) -> int:
 class _Tracker:
     """Where the current forward's chunk lies, and what the block's forwards covered so far."""
 
-    def __init__(self, plan: HeadPlan, device_counts: dict[int, torch.Tensor]):
+    def __init__(self, plan: HeadPlan):
         self.plan = plan
         self.start = 0  # of the current forward's chunk
         self.length = 0
         self.end: int | None = None  # of the previous chunk
-        self.pass_start = 0
         self.passes = 0  # full passes that started
         self.decode_positions = 0  # positions >= prompt_len processed, over all passes
         self.forwards = 0
-        self.counts = device_counts  # layer -> [batch] cells multiplied (lazy, on the activations' device)
+        self.counts: dict[int, torch.Tensor] = {}  # layer -> [batch] cells multiplied, on the activations' device
         self.calls: dict[int, int] = {}
 
     def begin(self, start: int, length: int) -> None:
@@ -220,13 +219,12 @@ class _Tracker:
             self.end = None  # a new pass over the same plan
         if self.end is None:
             self.passes += 1
-            self.pass_start = start
         self.start, self.length = start, length
         self.end = start + length
         self.decode_positions += max(0, self.end - max(start, L))
         self.forwards += 1
 
-    def check(self, geo_heads: int) -> None:
+    def check(self) -> None:
         plan = self.plan
         L = plan.prompt_len
         if self.forwards == 0:
@@ -274,7 +272,7 @@ def _factor(plan: HeadPlan, coef: torch.Tensor, start: int, length: int, like: t
 
 
 class _LayerHooks:
-    __slots__ = ("layer", "coef", "tracker", "head_dim", "cache", "prefill", "decode")
+    __slots__ = ("layer", "coef", "tracker", "head_dim", "cache")
 
     def __init__(self, layer: int, coef: torch.Tensor, tracker: _Tracker, head_dim: int):
         self.layer, self.coef, self.tracker, self.head_dim = layer, coef, tracker, head_dim
@@ -341,7 +339,7 @@ def intervene(model: nn.Module, plan: HeadPlan | None) -> Iterator[list]:
             raise ValueError(f"layer {layer} coefficients have shape {tuple(c.shape)}, "
                              f"expected ({plan.batch_size}, {geo.num_heads})")
     decoder = text_decoder(model)
-    tracker = _Tracker(plan, {})
+    tracker = _Tracker(plan)
 
     def decoder_pre(module, args, kwargs):
         T = _chunk_len(args, kwargs)
@@ -366,4 +364,4 @@ def intervene(model: nn.Module, plan: HeadPlan | None) -> Iterator[list]:
             _ACTIVE.discard(h.id)
         handles.clear()
     if ok:
-        tracker.check(geo.num_heads)
+        tracker.check()
