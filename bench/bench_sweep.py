@@ -12,58 +12,28 @@ greedy answers of 4 tokens. Figures (`name: value`):
   pass), to keep `make bench` short;
 * wrapper_empty_spec_vs_plain_generate_samples_per_s: intervened_qwen's generate_until with an
   empty spec / plain transformers generate on the same inputs (samples per second; goal >= 1.0);
-* peak_rss_mb_*: peak resident memory above the start of each measurement (CPU; on CUDA the
-  peak allocated GPU memory is printed instead).
+* sweep_50_specs_floor_forward_equivalents: 1 + specs x suffix / prompt (every position from the
+  first instruction token on differs between specs), and the measured ratio over it;
+* peak_rss_mb_*: the process's peak resident memory during each measurement (`bench/peak.py`:
+  VmHWM after a reset on Linux; on CUDA the peak allocated GPU memory).
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import random
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peak import peak_mb  # noqa: E402  (bench/peak.py)
+
 N_SAMPLES = int(os.environ.get("MF_BENCH_SAMPLES", 3))
 N_SPECS = 50
-
-
-class PeakMemory:
-    def __enter__(self):
-        import psutil
-
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            self.proc = psutil.Process()
-            self.start = self.proc.memory_info().rss
-            self.peak = self.start
-            self.stop = False
-            self.t = threading.Thread(target=self._sample, daemon=True)
-            self.t.start()
-        return self
-
-    def _sample(self):
-        while not self.stop:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *a):
-        if self.cuda:
-            self.mb = (torch.cuda.max_memory_allocated() - self.start) / 2**20
-        else:
-            self.stop = True
-            self.t.join()
-            self.mb = (self.peak - self.start) / 2**20
 
 
 def main() -> None:
@@ -123,12 +93,7 @@ def main() -> None:
                 runner_plain.generate(c, im, doc, [s], gen)
 
     def timed(f):
-        gc.collect()
-        with PeakMemory() as pm:
-            t0 = time.perf_counter()
-            f()
-            dt = time.perf_counter() - t0
-        return dt, pm.mb
+        return peak_mb(f)
 
     one_pass()  # warm-up
     t_one, m_one = timed(one_pass)
@@ -137,8 +102,13 @@ def main() -> None:
     t_naive, m_naive = timed(naive)
     t_naive *= N_SPECS / 10
     t_one = min(t_one, t_one2)
-    print(f"sweep_bench_prompt_tokens: {n_tokens}")
+    # the floor: every position from the first intervened token on differs between specs
+    enc0 = lm.codec.encode([rendered0], [images[0]])
+    p0 = runner.prefix_length(runner.plan(specs, rendered0, lm.codec.render(ctxs[0], 1)[1], enc0, docs[0], "b"), enc0)
+    floor = 1 + N_SPECS * (n_tokens - p0) / n_tokens
+    print(f"sweep_bench_prompt_tokens: {n_tokens} (suffix from the first instruction token: {n_tokens - p0})")
     print(f"sweep_50_specs_vs_one_unintervened_pass: {t_multi / t_one:.2f}")
+    print(f"sweep_50_specs_floor_forward_equivalents: {floor:.2f} (measured / floor: {t_multi / t_one / floor:.2f})")
     print(f"sweep_50_specs_naive_vs_one_unintervened_pass: {t_naive / t_one:.2f}")
     print(f"sweep_50_specs_naive_vs_multispec: {t_naive / t_multi:.2f}")
     unit = "gpu_mb" if torch.cuda.is_available() else "rss_mb"

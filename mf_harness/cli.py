@@ -107,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("--k", type=_typed(_int_list, "--k must be comma-separated integers >= 1"), default="10,20,30,40",
                    help="head-set sizes (capped at the model's head count)")
-    s.add_argument("--method", default="dla", choices=["dla", "ablation", "both"],
+    s.add_argument("--method", default="dla", choices=["dla", "ablation", "both", "atp"],
                    help="dla: direct logit attribution (paper, Eq. 9); ablation: total effect of blocking each "
-                        "head; both: rank by DLA and report the rank correlation")
+                        "head (exact, prefix-shared); both: rank by DLA and report the rank correlation; atp: "
+                        "attribution patching (one forward + backward), ranked by it, with its Spearman against "
+                        "exact ablation")
     s.add_argument("--site", default="instruction", choices=["instruction", "last"],
                    help="where the margin is read (and the written specs' scope, for dla)")
     s.add_argument("--ablation-scope", default="instruction", choices=["instruction", "prompt_text", "last", "prompt"])
@@ -150,6 +152,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-dir", required=True, type=Path)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=commands.cmd_sweep)
+    s = sub.add_parser("score", help="score head sets for specificity: MFR vs matched random controls, capability "
+                                     "beside it, one card per set and one table",
+                       description="mf-harness score SPEC [SPEC ...]: each SPEC is a spec JSON file, a heads CSV "
+                                   "(top --k), head names (L14H3+L20H0, blocks.14.attn.hook_z:3) or a layer_idx/"
+                                   "head_idx JSON, as `mf-harness spec import` reads them")
+    s.add_argument("specs", nargs="+", metavar="SPEC")
+    s.add_argument("--model-args", default="pretrained=embedded")
+    s.add_argument("--tasks", default=None,
+                   help="capability tasks, comma-separated (default: mf_shapes_* on pretrained=embedded, else "
+                        "the offline fixtures mf_textvqa_val_fixture,mf_mmlu_fixture; 'none' for MFR only)")
+    s.add_argument("--follows", default="text,vision", help="MFR directions to score each set on")
+    s.add_argument("--seeds", type=_typed(lambda v: positive_int(v, "--seeds"), "--seeds must be an integer >= 1"),
+                   default=5, help="random control sets per control")
+    s.add_argument("--controls", default="random,random_any",
+                   help="random (same count per layer), random_any (any layer), comma-separated")
+    s.add_argument("--k", type=_pos_int("--k"), default=None, help="a heads CSV: its top k (required for a CSV)")
+    s.add_argument("--by", default=None, help="a heads CSV: the score column (default: score, else rank)")
+    s.add_argument("--follow", default=None, help="a heads CSV with a follow column: which direction's ranking")
+    s.add_argument("--action", choices=["block", "amplify"], default=None,
+                   help="for sources that are not spec files (default: block, amplify with a coefficient/alpha)")
+    s.add_argument("--coefficient", type=_typed(lambda v: finite_nonnegative(v, "--coefficient"),
+                                                "--coefficient must be a finite number >= 0"), default=None)
+    s.add_argument("--scope", default="instruction", help="for sources that are not spec files")
+    s.add_argument("--mfr-task", default="mfr", help="MFR task family: <name>_text / <name>_vision")
+    s.add_argument("--limit", type=_pos_int("--limit"), default=None, help="docs per task (default: all)")
+    s.add_argument("--batch-size", type=_pos_int("--batch-size"), default=8)
+    s.add_argument("--engine", choices=["fast", "lmms"], default="fast")
+    s.add_argument("--output-dir", required=True, type=Path)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=commands.cmd_score)
     s = sub.add_parser("leaderboard", help="Markdown/CSV tables and plots from records files")
     s.add_argument("records", nargs="+", type=Path, help="records.jsonl files (several: cross-model table)")
     s.add_argument("--out", required=True, type=Path, help="output prefix, e.g. leaderboards/embedded")
@@ -200,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(train_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
-    if args.command in ("discover", "lens", "knockout", "sweep", "compare"):
+    if args.command in ("discover", "lens", "knockout", "sweep", "compare", "score"):
         from loguru import logger
 
         logger.remove()

@@ -94,6 +94,9 @@ def cmd_discover(args) -> int:
         print(f"{follow}-following top heads: {top}")
     for c in r["correlation"]:
         print(f"{c['follow']}: Spearman(DLA, ablation) = {c['spearman_dla_vs_ablation']:.3f} over {c['n_heads']} heads")
+        if "spearman_atp_vs_ablation" in c:
+            print(f"{c['follow']}: Spearman(AtP, exact ablation) = {c['spearman_atp_vs_ablation']:.3f} over "
+                  f"{c['n_heads']} heads")
     for p in r["specs"]:
         print(f"wrote {p}")
     print(f"tables and plots in {r['out']}")
@@ -173,6 +176,26 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from mf_harness.core.spec_import import import_spec
+    from mf_harness.runs.score import run_score
+
+    specs = [import_spec(src, k=args.k, by=args.by, follow=args.follow, action=args.action,
+                         coefficient=args.coefficient, scope=args.scope) for src in args.specs]
+    tasks = None if args.tasks is None else [t for t in args.tasks.split(",") if t and t != "none"]
+    r = run_score(specs, args.output_dir, model_args=args.model_args, follows=[f for f in args.follows.split(",") if f],
+                  capability_tasks=tasks, seeds=args.seeds, controls=[c for c in args.controls.split(",") if c],
+                  limit=args.limit, batch_size=args.batch_size, engine=args.engine, mfr_task=args.mfr_task,
+                  progress=not args.no_progress)
+    print((r["out"] / "score.md").read_text())
+    print(f"{len(r['sets'])} head set(s) in {r['wall_s']:.1f}s")
+    for s in r["sets"]:
+        print(f"wrote {s['out'] / 'card.md'}")
+    for name in ("score.md", "score.csv", "records.jsonl"):
+        print(f"wrote {r['out'] / name}")
+    return 0
+
+
 def cmd_leaderboard(args) -> int:
     from mf_harness.runs.leaderboard import cross_model_table, render_markdown, write_leaderboard
     from mf_harness.runs.records import read_records
@@ -205,6 +228,9 @@ def cmd_compare(args) -> int:
     from mf_harness.runs.sweep import SweepConfig, run_sweep
 
     header, baseline = read_records(args.baseline)
+    if header is not None and isinstance(header.get("score"), dict):
+        raise MfHarnessError(f"{args.baseline} is the combined records of `mf-harness score`: compare each head set's "
+                             f"own sweep, sets/<name>/records.jsonl beside it")
     if header is None or not isinstance(header.get("config"), dict):
         raise MfHarnessError(f"{args.baseline} has no sweep header: it cannot be re-scored")
     if not baseline:

@@ -51,7 +51,8 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
     cfg = SweepConfig(model_args="pretrained=embedded", rankings=str(DEMO_DIR / "heads.csv"),
                       ks=settings.get("ks", [4]), seeds=settings.get("seeds", 5),
                       scopes=settings.get("scopes", ["instruction"]), follows=["text", "vision"],
-                      controls=controls, limit=limit, batch_size=8, name="demo")
+                      controls=controls, limit=limit, batch_size=8, name="demo",
+                      capability_tasks=settings.get("capability_tasks", []))
     print(f"mf-harness demo: modality following on the embedded checkpoint\n  ({embedded_path()})")
     print(f"  heads ranked by `mf-harness discover` ({DEMO_DIR / 'heads.csv'}); k = {cfg.ks}, "
           f"{cfg.seeds} random seeds, scopes {cfg.scopes}")
@@ -92,6 +93,8 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
                            and x.scope == scope and x.task == task and x.metric == "mfr"
                            and x.subset == "followed"), None)
                 print(f"{line} {_pct(sh and sh.value):>7}   (n={o and o.n})")
+    if cfg.capability_tasks:
+        _specificity_table(recs, cfg, randoms, label)
     written = write_leaderboard(recs, out / "demo")
     problems = plausibility_problems(recs)
     print(f"\n{r['cells']} cells, {r['forwards']} model forwards, {time.time() - t0:.0f}s")
@@ -114,6 +117,47 @@ def _sweep_demo(limit: int | None, out: Path) -> int:
               "  `make clean-venv setup`, then run `make test`.", file=sys.stderr)
         return 1
     return 0
+
+
+def _specificity_table(recs: list, cfg, randoms: list[str], label: dict) -> None:
+    """Capability beside MFR: each capability metric's change under the targeted heads, and the specificity
+    (|MFR change| - mean |capability change|, points, paired bootstrap 95% CI) of targeted and random sets."""
+    from mf_harness.runs.records import SPECIFICITY
+
+    def get(**kw):
+        rs = [x for x in recs if all(getattr(x, k) == v for k, v in kw.items())]
+        return rs[0] if rs else None
+
+    caps = sorted({(r.task, r.metric) for r in recs if r.is_capability})
+    short = {(t, m): t.replace("mf_shapes_", "").replace("mf_", "") for t, m in caps}
+    print("\nCapability (x100) of the original model: " + ", ".join(
+        f"{t}/{m} {_pct(get(head_set='original', task=t, metric=m).value)}" for t, m in caps))
+    head = f"{'scope':<12} {'heads':<7} {'k':>3} " + " ".join(f"{'d ' + short[c]:>8}" for c in caps)
+    head += f" {'specificity targeted [95% CI]':>31}" + "".join(f" {label[c] + ' [95% CI]':>31}" for c in randoms)
+    print("Specificity (points) = |MFR change| - mean |capability change|; 'd': targeted minus original (points)")
+    print(head)
+    print("-" * len(head))
+
+    def spec_cell(r) -> str:
+        if r is None or r.value is None:
+            return ""
+        return f"{r.value:6.1f} [{r.ci_low:6.1f}, {r.ci_high:6.1f}]"
+
+    for scope in cfg.scopes:
+        for follow in cfg.follows:
+            task = cfg.mfr_task_for(follow)
+            for k in sorted({x.k for x in recs if x.head_set == "targeted"}):
+                sel = dict(follow=follow, scope=scope, k=k, intervention="block")
+                t = get(head_set="targeted", task=task, metric="mfr", subset="followed", **sel)
+                line = f"{scope:<12} {follow:<7} {k:>3} "
+                for tk, m in caps:
+                    o, c = get(head_set="original", task=tk, metric=m), get(head_set="targeted", task=tk, metric=m,
+                                                                             spec_hash=t and t.spec_hash, **sel)
+                    line += f"{(100 * (c.value - o.value)) if c and o else float('nan'):+8.1f} "
+                line += f"{spec_cell(get(head_set='targeted', metric=SPECIFICITY, task=task, **sel)):>31}"
+                for c in randoms:
+                    line += f" {spec_cell(get(head_set=c, seed=None, metric=SPECIFICITY, task=task, **sel)):>31}"
+                print(line)
 
 
 def plausibility_problems(recs: list) -> list[str]:

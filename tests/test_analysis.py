@@ -168,7 +168,7 @@ def test_ablation_tracks_dla_for_last_layer_heads_on_the_trained_model(task):
     from mf_harness.core.spec import Head
 
     lm = IntervenedHF(pretrained="embedded", attn_implementation="eager")
-    t, docs = load_task_docs(task, limit=12)
+    t, docs = load_task_docs(task, limit=48)  # the last-layer heads' effects are small: 12 docs are noisy
     samples = prepare_samples(lm, t, docs)
     L, H = geometry(lm.model).num_layers, geometry(lm.model).num_heads
     rows = ablation_effects(lm, samples, scope="last", batch_size=4, heads=[Head(L - 1, h) for h in range(H)],
@@ -267,3 +267,56 @@ def test_discover_writes_specs_that_the_model_accepts(tiny_qwen25_dir, tmp_path)
     # the model accepts the file unchanged
     IntervenedHF(pretrained=str(tiny_qwen25_dir), intervention=str(tmp_path / "heads_text_top4.json"))
     json.loads((tmp_path / "heads_shared_top16.json").read_text())
+
+
+@pytest.mark.parametrize("scope", ["instruction", "last"])
+def test_prefix_shared_ablation_equals_one_forward_per_head(setup, scope):
+    """Every head's ablation as a row of one prefix-shared suffix forward gives the per-head forwards' margins."""
+    from mf_harness.analysis.attribution import prefix_shared_ablation
+    from mf_harness.core.spec import Head
+
+    lm, samples = setup
+    geo = geometry(lm.model)
+    heads = [Head(l, h) for l in range(geo.num_layers) for h in range(geo.num_heads)]
+    slow = ablation_effects(lm, samples, scope=scope, batch_size=3, progress=False, share_prefix=False)
+    fast = prefix_shared_ablation(lm, samples, scope, heads, max_rows=3, progress=False)  # chunks within a layer
+    assert fast is not None and len(fast) == len(slow) == len(samples) * len(heads)
+    key = lambda r: (r["sample_id"], r["layer"], r["head"])  # noqa: E731
+    want = {key(r): r["effect"] for r in slow}
+    scale = max(abs(v) for v in want.values())
+    assert scale > 0
+    for r in fast:
+        assert r["effect"] == pytest.approx(want[key(r)], abs=1e-5 * max(1.0, scale)), key(r)
+    # the default path is the shared one where it applies
+    assert ablation_effects(lm, samples, scope=scope, progress=False) == fast or \
+        [x["effect"] for x in ablation_effects(lm, samples, scope=scope, progress=False)] == \
+        pytest.approx([x["effect"] for x in fast], abs=1e-6)
+
+
+def test_prefix_sharing_declines_where_it_cannot_apply(setup):
+    from mf_harness.analysis.attribution import prefix_shared_ablation
+    from mf_harness.core.spec import Head
+
+    lm, samples = setup
+    assert prefix_shared_ablation(lm, samples, "prompt", [Head(0, 0)], progress=False) is None  # acts on the image
+
+
+def test_attribution_patching_is_the_first_order_effect_of_zeroing_a_head():
+    """AtP's estimate for a head equals the finite-difference derivative of the margin as the head's output is
+    scaled down from 1 (the harness's own amplify with coefficient 1 - eps), on the trained embedded model."""
+    from mf_harness.analysis.attribution import attribution_patching
+    from mf_harness.core.spec import Head, InterventionSpec
+
+    lm = IntervenedHF(pretrained="embedded")
+    t, docs = load_task_docs("mfr_text", limit=6)
+    samples = prepare_samples(lm, t, docs)
+    with torch.enable_grad():
+        rows = attribution_patching(lm, samples, scope="instruction", batch_size=4, progress=False)
+    assert all(p.grad is None for p in lm.model.parameters())  # no weight gradients were kept
+    eps = 1e-3
+    clean = final_margins(lm, samples)
+    for head in (Head(0, 2), Head(2, 5)):
+        scaled = final_margins(lm, samples, InterventionSpec(amplify=[head], coefficient=1 - eps, scope="instruction"))
+        fd = ((clean - scaled) / eps).tolist()
+        mine = [r["effect"] for r in rows if (r["layer"], r["head"]) == (head.layer, head.head)]
+        assert mine == pytest.approx(fd, rel=0.05, abs=0.02), (head, mine, fd)

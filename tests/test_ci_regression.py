@@ -15,6 +15,7 @@ def test_embedded_baseline_still_holds(tmp_path):
     Regenerate the baseline when the embedded checkpoint or the scoring changes on purpose:
     cp interventions/embedded/heads.csv leaderboards/embedded_ci_heads.csv
     mf-harness sweep --rankings leaderboards/embedded_ci_heads.csv --k 2,4 --seeds 5 --limit 24 \\
+        --capability-tasks mf_shapes_image,mf_shapes_caption \\
         --controls random,random_any,shared,layers \\
         --output-dir out/ci --name embedded_ci && cp out/ci/records.jsonl leaderboards/embedded_ci.jsonl
     """

@@ -19,6 +19,7 @@ import torch
 from mf_harness.embedded.train import synth
 from mf_harness.embedded import train as T
 from mf_harness.embedded import embedded_path
+from mf_harness.embedded.train.measure import LDAR_READOUTS
 from mf_harness.core.spec import InterventionSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,17 +104,22 @@ def test_follows_the_instruction_on_held_out_items():
     assert res["mfr_vision"]["mfr"] >= 0.95, res["mfr_vision"]
 
 
-def test_ldar_says_where_the_conflict_is_settled(model_and_processor, record):
-    """The logit lens finds the decision at the instruction's final token before the last layer, no later
-    than at the last position, and the card's LDAR table is reproduced."""
-    model, processor = model_and_processor
-    L = model.config.text_config.num_hidden_layers
+@pytest.fixture(scope="module")
+def harness(model_and_processor):
+    return T.harness_lm(embedded_path())
+
+
+def test_ldar_says_where_the_conflict_is_settled(harness, record):
+    """The logit lens finds the decision at the instruction's final token before the last layer, no later than
+    at the last position, and the card's LDAR table is what the committed weights give."""
+    L = harness.model.config.text_config.num_hidden_layers
     first = lambda xs: next(l for l, x in enumerate(xs) if x >= 0.95)  # noqa: E731
     for follow in ("text", "vision"):
-        ldar = T.ldar_by_layer(model, processor, T.bundled_docs(follow))
+        ldar = T.ldar_by_layer(harness, T.samples_for(harness, follow))
         assert first(ldar["instruction_final_token"]) <= min(L - 2, first(ldar["last"])), ldar
         assert ldar["last"][-1] == 1.0
         card = record["evaluation"]["ldar"][follow]
+        assert set(card) == set(LDAR_READOUTS)
         for scope in card:
             assert all(abs(a - b) <= 0.01 for a, b in zip(ldar[scope], card[scope])), (follow, scope, ldar, card)
 
@@ -149,12 +155,11 @@ def test_targeted_heads_at_the_instruction_tokens_beat_random_heads(record):
     assert abs(targeted - h["targeted"]["mfr"]) <= 0.03 and abs(gap - h["gap"]) <= 0.03, (targeted, randoms, h)
 
 
-def test_single_head_ablation_ranking_is_reproduced(model_and_processor, record):
+def test_single_head_ablation_ranking_is_reproduced(harness, record):
     """The harness's ranking on the card's rows gives the card's top heads."""
-    model, processor = model_and_processor
     ev = record["evaluation"]
     rows = synth.heldout_rows(ev["ranking_seed"], ev["ranking_rows"], follow="text")
-    eff = T.head_effects(model, processor, rows, "instruction")
+    eff = T.head_effects(harness, T.samples_for(harness, "text", rows), "instruction")
     h = next(h for h in ev["headlines"] if h["follow"] == "text" and h["scope"] == "instruction")
     assert [f"L{l}H{k}" for l, k in T.top_heads(eff, h["k"])] == sorted(
         h["heads"], key=lambda s: InterventionSpec(block=[s]).block[0])

@@ -125,3 +125,21 @@ def test_other_families_batch_specs_exactly(tmp_path, family):
         assert runner.stats["prefix_passes"] == 1
     else:
         assert runner.stats["fallbacks"] == 1
+
+
+def test_text_only_prompt_over_several_row_chunks():
+    """A prompt without an image (no mrope deltas from the prefix pass) split over row chunks: each chunk starts
+    from the prefix's state, not the previous chunk's (the shapes of the two differ)."""
+    from mf_harness.core.spec import Head
+
+    lm = IntervenedHF(pretrained="embedded")
+    doc = {"instruction": "Answer the question with a single word."}
+    ctx = ("Text context: There are three squares in the picture.\nHow many squares are there?\n"
+           "Answer the question with a single word.")
+    specs = [InterventionSpec()] + [InterventionSpec(block=[Head(0, h), Head(1, h)], scope="instruction")
+                                    for h in range(8)]
+    chunked = MultiSpecRunner(lm, max_rows=4).generate(ctx, [], doc, specs, {"max_new_tokens": 4}, "doc")
+    whole = MultiSpecRunner(lm, max_rows=64, share_prefix=False).generate(ctx, [], doc, specs,
+                                                                         {"max_new_tokens": 4}, "doc")
+    assert chunked == whole and len(chunked) == 9
+    assert chunked[0].strip() == "three"

@@ -142,7 +142,8 @@ def test_heads_compare_on_the_embedded_rankings(tmp_path):
     for follow, g in df.groupby("follow"):
         rho = g["dla_mean"].rank().corr(g["ablation_mean"].rank())  # Spearman = Pearson of the ranks
         assert f"Spearman rank correlation: {rho:.3f} over 32 heads" in r.stdout
-        assert rho < 0  # at the instruction tokens the paper's ranking and the total effect disagree here
+        # the README shows this command on the committed ranking: its numbers are this file's
+        assert f"Spearman rank correlation: {rho:.3f} over 32 heads" in (REPO / "README.md").read_text()
     saved = json.loads((tmp_path / "heads_compare.json").read_text())
     assert [c["follow"] for c in saved] == ["text", "vision"] and (tmp_path / "heads_compare.png").stat().st_size > 0
     assert load_rankings(f"{src}:dla_mean")["text"].heads[0] != load_rankings(f"{src}:ablation_mean")["text"].heads[0]

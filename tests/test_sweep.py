@@ -371,3 +371,55 @@ def test_card_intervals_against_hand_computations():
     assert paired_bootstrap_interval([0, 0, 0, 0], [[1, 1, 1, 1], [1, 1, 1, 1]]) == (1.0, 1.0)
     lo, hi = paired_bootstrap_interval([1, 0, 1, 0, 1, 0], [[1, 1, 1, 1, 1, 1]])
     assert 0.0 <= lo < 0.5 < hi <= 1.0
+
+
+def test_specificity_records_by_hand():
+    """Specificity = |MFR change| x100 on the protocol subset - mean |capability change| x100, per head set; a
+    random control pooled per sample over its seeds, with the seeds' spread."""
+    def with_cap(res, acc):
+        res["tasks"]["cap"] = {"metrics": {"acc": acc}, "stderr": {"acc": 0.01}, "n": 10,
+                               "samples": {str(i): {"acc": float(i < round(acc * 10))} for i in range(10)}}
+        return res
+
+    results = [
+        with_cap(_result(_meta("original"), [1, 1, 1, 1]), 0.8),
+        with_cap(_result(_meta("targeted", 2), [0, 0, 1, 0]), 0.7),
+        with_cap(_result(_meta("random", 2, 0), [1, 1, 1, 0]), 0.6),
+        with_cap(_result(_meta("random", 2, 1), [1, 1, 1, 1]), 0.9),
+    ]
+    manifest = {"config": SweepConfig(model_args="pretrained=m1").to_dict(), "created": "2026-01-01T00:00:00+00:00",
+                "versions": {}, "git": None}
+    recs = build_records(results, manifest)
+    spec = {(r.head_set, r.seed): r for r in recs if r.metric == "specificity"}
+    assert set(spec) == {("targeted", None), ("random", 0), ("random", 1), ("random", None)}
+    t = spec[("targeted", None)]
+    assert t.value == pytest.approx(75.0 - 10.0) and t.subset == "followed" and t.task == "mfr_text" and t.n == 4
+    assert t.ci_low <= t.value <= t.ci_high
+    assert spec[("random", 0)].value == pytest.approx(25.0 - 20.0)
+    assert spec[("random", 1)].value == pytest.approx(0.0 - 10.0)
+    pooled = spec[("random", None)]
+    # per sample over seeds: MFR [1, 1, 1, .5] -> effect 12.5; accuracy (0.6 + 0.9) / 2 = 0.75 -> 5 points
+    assert pooled.value == pytest.approx(12.5 - 5.0) and pooled.n_seeds == 2
+    assert pooled.seed_sd == pytest.approx(np.std([5.0, -10.0], ddof=1))
+    (table,) = specificity_tables(recs)
+    rows = {r[0]: r for r in table["rows"]}
+    assert rows["targeted"][-1].startswith("65.0 [")
+    assert rows["random (layer-matched) (pooled, 2 seeds)"][-1].startswith("7.5 [") and "seed sd 10.6" in \
+        rows["random (layer-matched) (pooled, 2 seeds)"][-1]
+
+
+def test_specificity_interval_is_a_paired_bootstrap():
+    from mf_harness.runs.stats import Paired, metric_scale, specificity
+
+    effect = Paired("mfr", [1] * 10, [0] * 6 + [1] * 4)
+    same = Paired("cap", [1, 0, 1, 1], [1, 0, 1, 1])
+    s = specificity(effect, [same], n_boot=4000, seed=1)
+    assert s.value == pytest.approx(60.0)
+    # collateral is 0 on every resample (paired: the same samples for both), so the interval is the effect's
+    lo, hi = np.quantile([abs(np.random.default_rng(i).choice([1] * 6 + [0] * 4, 10).mean()) for i in range(4000)],
+                         [0.025, 0.975])
+    assert abs(s.ci_low - 100 * lo) <= 10.0 and abs(s.ci_high - 100 * hi) <= 10.0
+    assert math.isnan(specificity(effect, []).value)  # no capability: the collateral is not known
+    assert metric_scale("flickr_PPL") == 1.0 and metric_scale("shapes_CIDEr") == 100.0
+    with pytest.raises(ValueError, match="paired samples"):
+        specificity(effect, [Paired("cap", [1, 0], [1])])

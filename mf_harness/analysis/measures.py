@@ -65,7 +65,8 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
                          readout_layer: int = -1, progress: bool = True) -> dict:
     """One captured forward per batch; returns tidy rows for LDAR, layer attribution and head attribution.
 
-    ``rows_lens``: sample_id, follow, layer, site (instruction|last), R_c, R_o, margin, agree, success.
+    ``rows_lens``: sample_id, follow, layer, site (instruction: the top-k readout; instruction_final: the
+    instruction's last token alone; last), R_c, R_o, margin, agree, success.
     ``rows_layers``: sample_id, follow, layer, margin, attn, mlp (contributions to M_l at the instruction).
     ``rows_heads``: sample_id, follow, site, layer, head, contribution (to the readout layer's margin, at
     the instruction tokens and at the last position).
@@ -98,7 +99,8 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
                      for name, site_list in (("attn", tr.attn), ("mlp", tr.mlp))}
             z = torch.stack([t[b] for t in tr.z]).float()  # [L, P, H, d]
             heads = torch.einsum("lphd,lthd->lpht", z, UW) * scale[rl][None, :, :, None]  # [L, P, H, T] at layer rl
-            for site, rows, kk in (("instruction", range(n_ins), k), ("last", range(n_ins, n_ins + 1), 1)):
+            for site, rows, kk in (("instruction", range(n_ins), k), ("instruction_final", range(n_ins - 1, n_ins), 1),
+                                   ("last", range(n_ins, n_ins + 1), 1)):
                 valid = torch.zeros(full.shape[1], dtype=torch.bool, device=dev)
                 valid[list(rows)] = True
                 kk = min(kk, len(rows))
@@ -114,6 +116,8 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
                     rows_lens.append(dict(sample_id=s.sample_id, follow=s.follow, layer=l, site=site,
                                           R_c=float(sel["c"][0][l]), R_o=float(sel["o"][0][l]), margin=m,
                                           agree=(m > 0) == final_comp, success=final_comp))
+                if site == "instruction_final":  # a readout only (LDAR at the instruction's last token)
+                    continue
                 if site == "instruction":
                     contrib = {name: (cl[layers_idx, sel["c"][1], sel["c"][2]].mean(-1)
                                       - cl[layers_idx, sel["o"][1], sel["o"][2]].mean(-1)).tolist()
@@ -181,14 +185,23 @@ def final_margins(lm, samples: Sequence[Sample], spec: InterventionSpec | None =
 
 
 def ablation_effects(lm, samples: Sequence[Sample], scope: str = "instruction", batch_size: int = 8,
-                     heads: Sequence[Head] | None = None, progress: bool = True) -> list[dict]:
+                     heads: Sequence[Head] | None = None, progress: bool = True, share_prefix: bool = True,
+                     max_rows: int = 64) -> list[dict]:
     """Total effect of each head: drop of the final margin when that head alone is blocked at ``scope``.
 
-    Costs one forward per head per batch (each batch is encoded once).
+    With ``share_prefix`` (and where it applies: `mf_harness.analysis.attribution.prefix_shared_ablation`)
+    each sample's prefix before the scope runs once and the heads are rows of one forward over the suffix;
+    otherwise one forward per head per batch (each batch is encoded once). Same numbers either way.
     """
     geo = geometry(lm.model)
     heads = list(heads) if heads is not None else [Head(l, h) for l in range(geo.num_layers)
                                                     for h in range(geo.num_heads)]
+    if share_prefix:
+        from mf_harness.analysis.attribution import prefix_shared_ablation
+
+        shared = prefix_shared_ablation(lm, samples, scope, heads, max_rows=max_rows, progress=progress)
+        if shared is not None:
+            return shared
     rows = []
     batches = list(_batches(samples, batch_size))
     bar = tqdm(total=len(batches) * len(heads), desc=f"single-head ablation at {scope}", disable=not progress)

@@ -103,6 +103,11 @@ class MultiSpecRunner:
                 self.stats["prefix_passes"] += 1
             else:
                 self.stats["fallbacks"] += 1
+                if hasattr(model.model, "rope_deltas"):
+                    model.model.rope_deltas = None  # not a previous prompt's
+            # the prefix pass's mrope deltas (None for a text-only prompt, or without sharing: each chunk's
+            # generate computes its own for its rows); every chunk starts from them, never from the previous chunk's
+            deltas = getattr(model.model, "rope_deltas", None)
             for start in range(0, len(specs), self.max_rows):
                 rows = slice(start, min(len(specs), start + self.max_rows))
                 R = rows.stop - rows.start
@@ -117,6 +122,8 @@ class MultiSpecRunner:
                         feed[k] = v
                     elif k == "image_grid_thw":
                         feed[k] = v.repeat(R, 1)  # positions only; pixel_values are not needed past the prefix
+                if hasattr(model.model, "rope_deltas"):
+                    model.model.rope_deltas = deltas
                 if prefix_cache is not None:
                     cache = copy.deepcopy(prefix_cache)
                     cache.batch_repeat_interleave(R)

@@ -7,14 +7,16 @@ MFR on the protocol subset (``followed`` for blocking, ``failed`` for amplificat
 the full set, the paired difference to each random control, and every capability metric with
 its change from the original model. The **specificity** column is
 
-    specificity = effect - collateral   (percentage points)
-    effect      = |MFR(head set) - MFR(original)|               on the protocol subset
-    collateral  = mean over capability metrics of |m(head set) - m(original)|  (each metric x100
-                  when it lives in [0, 1])
+    specificity = effect - collateral   (points)
+    effect      = |MFR(head set) - MFR(original)| x 100         on the protocol subset
+    collateral  = mean over capability metrics of |m(head set) - m(original)| x scale(m)
+                  (scale 100 for rates and 0-1 scores, CIDEr included; 1 for perplexities)
 
 so 60 points of MFR change with 1 point of mean capability change scores 59; the raw
-columns are always printed beside it. Without capability tasks the collateral is not known
-and the column is left empty.
+columns are always printed beside it, and the value comes from the ``specificity`` records
+with their paired per-sample bootstrap 95% CI (`mf_harness.runs.stats.specificity`; random
+controls pooled per sample over seeds, the seeds' spread shown). Without capability tasks
+the collateral is not known and the column is left empty.
 
 **Cross-model table**: rows = head sets, columns = model x metric (protocol-subset MFR).
 
@@ -23,7 +25,7 @@ and the column is left empty.
 **Regression check** (`compare_records`): records are matched on (model, head set, follow, k,
 seed, intervention, coefficient, scope, spec hash, task, metric, subset); a metric fails when
 it moved by more than ``tolerance`` (absolute) or, with ``mode="ci"``, when the new value lies
-outside the baseline's 95% CI widened by ``tolerance``.
+outside the baseline's 95% CI widened by ``tolerance`` (x100 for specificity, which is in points).
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from mf_harness.checks import atomic_write_text, save_figure
-from mf_harness.runs.records import RANDOM_CONTROLS, Record, record_key
+from mf_harness.runs.records import PROTOCOL, RANDOM_CONTROLS, SPECIFICITY, Record, record_key
+from mf_harness.runs.stats import metric_scale
 
 __all__ = ["specificity_tables", "cross_model_table", "render_markdown", "plot_mfr_vs_k", "plot_mfr_vs_coefficient",
            "compare_records", "write_leaderboard"]
 
-PROTOCOL = {"block": "followed", "amplify": "failed"}
 CONTROL_LABEL = {"random": "random (layer-matched)", "random_any": "random (any layer)"}
 
 
@@ -58,8 +60,9 @@ def _one(records, **kw):
     return rs[0] if rs else None
 
 
-def _is_fraction(value) -> bool:
-    return value is not None and 0.0 <= value <= 1.0
+def _x100(metric: str) -> bool:
+    """Shown x100 (rates and 0-1 scores, CIDEr included), as the specificity's collateral counts them."""
+    return metric_scale(metric) == 100.0
 
 
 def mfr_task(records: Sequence[Record], follow: str) -> str:
@@ -75,7 +78,7 @@ def specificity_tables(records: Sequence[Record]) -> list[dict]:
     tables = []
     combos = sorted({(r.follow, r.intervention, r.coefficient or 0.0, r.scope) for r in records
                      if r.head_set == "targeted"}, key=str)
-    cap = sorted({(r.task, r.metric) for r in records if not r.is_mfr})
+    cap = sorted({(r.task, r.metric) for r in records if r.is_capability})
     for follow, action, coef, scope in combos:
         task = mfr_task(records, follow)
         subset = PROTOCOL[action]
@@ -98,7 +101,7 @@ def specificity_tables(records: Sequence[Record]) -> list[dict]:
         columns += [f"{t}/{m}" for t, m in cap] + ["specificity"]
         rows = [["original", "", f"{_fmt(orig and orig.value)} (n={orig and orig.n})",
                  _fmt(orig_full and orig_full.value)] + [""] * len(controls)
-                + [_fmt(v.value, _is_fraction(v.value)) if v else "" for v in orig_cap.values()] + [""]]
+                + [_fmt(v.value, _x100(m)) if v else "" for (_, m), v in orig_cap.items()] + [""]]
         for r in head_rows:
             label = (f"{CONTROL_LABEL[r.head_set]} (pooled, {r.n_seeds if isinstance(r.n_seeds, int) else '?'} seeds)"
                      if r.head_set in RANDOM_CONTROLS else r.head_set)
@@ -107,7 +110,7 @@ def specificity_tables(records: Sequence[Record]) -> list[dict]:
             ci = f" [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.ci_low is not None else ""
             row = [label, str(r.k or ""), f"{_fmt(r.value)}{ci} (n={r.n})", _fmt(full and full.value)]
             for c in controls:
-                diff = _one(records, subset=subset, head_set=f"targeted-{c}", k=r.k, **sel) \
+                diff = _one(records, subset=subset, head_set=f"targeted-{c}", k=r.k, spec_hash=r.spec_hash, **sel) \
                     if r.head_set == "targeted" else None
                 row.append(f"{_fmt(diff.value, signed=True)} [{_fmt(diff.ci_low, signed=True)}, "
                            f"{_fmt(diff.ci_high, signed=True)}]" if diff else "")
@@ -117,12 +120,18 @@ def specificity_tables(records: Sequence[Record]) -> list[dict]:
                          follow=follow, intervention=action, coefficient=coef_v, scope=scope, task=t, metric=m,
                          subset="full")
                 if c and o and c.value is not None and o.value is not None:
-                    scale = 100.0 if _is_fraction(o.value) and _is_fraction(c.value) else 1.0
+                    scale = metric_scale(m)
                     deltas.append(abs(c.value - o.value) * scale)
                     row.append(f"{_fmt(c.value, scale == 100.0)} ({_fmt(c.value - o.value, scale == 100.0, True)})")
                 else:
                     row.append("")
-            if deltas and orig and r.value is not None:
+            spec = _one(records, **{**sel, "metric": SPECIFICITY}, subset=subset, head_set=r.head_set, k=r.k,
+                        seed=r.seed, spec_hash=r.spec_hash)
+            if spec is not None and spec.value is not None:
+                ci = f" [{spec.ci_low:.1f}, {spec.ci_high:.1f}]" if spec.ci_low is not None else ""
+                sd = f" (seed sd {spec.seed_sd:.1f})" if isinstance(spec.seed_sd, float) else ""
+                row.append(f"{spec.value:.1f}{ci}{sd}")
+            elif deltas and orig and r.value is not None:  # records written before specificity records
                 effect = abs(r.value - orig.value) * 100
                 row.append(f"{effect - sum(deltas) / len(deltas):.1f}")
             else:
@@ -293,13 +302,15 @@ def compare_records(baseline: Sequence[Record], new: Sequence[Record], tolerance
                 failures.append({"key": k, "old": old_v, "new": new_v, "delta": None, "allowed": "value present"})
             continue
         delta = new_v - old_v
+        # specificity records are in points (x100): the tolerance, stated for 0-1 metrics, scales with them
+        tol = tolerance * 100.0 if b.metric == SPECIFICITY else tolerance
         if mode == "ci" and b.ci_low is not None:
-            lo, hi = b.ci_low - tolerance, b.ci_high + tolerance
+            lo, hi = b.ci_low - tol, b.ci_high + tol
             bad = not (lo <= new_v <= hi)
             allowed = f"[{lo:.4f}, {hi:.4f}]"
         else:
-            bad = abs(delta) > tolerance + 1e-12
-            allowed = f"+-{tolerance:g}"
+            bad = abs(delta) > tol + 1e-12
+            allowed = f"+-{tol:g}"
         if bad:
             failures.append({"key": k, "old": old_v, "new": new_v, "delta": delta, "allowed": allowed})
     return failures, missing

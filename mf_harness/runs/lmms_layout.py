@@ -12,7 +12,7 @@ from mf_harness.checks import atomic_write_text
 if TYPE_CHECKING:
     from mf_harness.runs.sweep import Cell
 
-__all__ = ["score_answers", "write_lmms_layout"]
+__all__ = ["score_answers", "write_lmms_layout", "per_sample_values"]
 
 
 def write_lmms_layout(out: Path, cell: Cell, task: str, task_obj, margs: str, docs, answers: dict, per_sample: dict,
@@ -36,8 +36,21 @@ def write_lmms_layout(out: Path, cell: Cell, task: str, task_obj, margs: str, do
     atomic_write_text(d / f"{stamp}_samples_{task}.jsonl", "\n".join(lines) + "\n")
 
 
+def per_sample_values(fn, values: list) -> list | None:
+    """Per-sample scores of a corpus metric whose aggregation says how (``fn.per_sample(items)``, whose mean is
+    the aggregate, e.g. pycocoevalcap's per-image CIDEr); None for other aggregations."""
+    split = getattr(fn, "per_sample", None)
+    if split is None:
+        return None
+    scores = [float(v) for v in split(values)]
+    if len(scores) != len(values):
+        raise ValueError(f"{fn.__name__}.per_sample gave {len(scores)} scores for {len(values)} items")
+    return scores
+
+
 def score_answers(task_obj, docs, answers: dict) -> tuple[dict, dict, dict]:
-    """Per-sample metrics via the task's process_results, aggregated with its own aggregations."""
+    """Per-sample metrics via the task's process_results, aggregated with its own aggregations (and split per
+    sample where the aggregation can say how: `per_sample_values`)."""
     from lmms_eval.api.metrics import mean, mean_stderr
 
     per_sample, columns = {}, {}
@@ -51,6 +64,10 @@ def score_answers(task_obj, docs, answers: dict) -> tuple[dict, dict, dict]:
     for m, values in columns.items():
         fn = aggs.get(m, mean)
         metrics[m] = fn(values)
+        split = per_sample_values(fn, values)
+        if split is not None:
+            for i, v in enumerate(split):
+                per_sample[str(i)][m] = v
         if fn is mean:  # one doc has no standard error
             stderr[m] = mean_stderr(values) if len(values) > 1 else None
     return per_sample, metrics, stderr

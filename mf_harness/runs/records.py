@@ -18,8 +18,10 @@ that are per-sample means. ``random`` / ``random_any`` records with ``seed = nul
 the seeds (MFR: each sample's outcome averaged over seeds; capability metrics: the mean of the
 seeds' aggregates, with ``seed_sd``); ``targeted-random`` /
 ``targeted-random_any`` records hold the paired difference targeted - control on the same
-samples. Tables and plots are pure functions of
-records.
+samples. When the cells ran capability tasks, every intervened head set (each seed, and each
+pooled random control) also gets a ``specificity`` record (task = its MFR task, subset = the
+protocol subset, value in points, paired bootstrap CI; `mf_harness.runs.stats.specificity`).
+Tables and plots are pure functions of records.
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ from typing import Any, Iterable
 from mf_harness.checks import atomic_write_text
 from mf_harness.errors import MfHarnessError
 
-from mf_harness.runs.stats import paired_difference, seed_spread, summarize
+from mf_harness.runs.stats import Paired, metric_scale, paired_difference, seed_spread, specificity, summarize
 
 __all__ = ["RECORD_SCHEMA", "Record", "build_records", "write_records", "read_records", "record_key",
-           "RecordsError", "MFR_METRICS", "RANDOM_CONTROLS"]
+           "RecordsError", "MFR_METRICS", "RANDOM_CONTROLS", "SPECIFICITY", "PROTOCOL"]
 
 RECORD_SCHEMA = 1
 MFR_METRICS = ("mfr", "competing", "neither")
 RANDOM_CONTROLS = ("random", "random_any")  # pooled over seeds, and paired with the targeted set
+SPECIFICITY = "specificity"  # metric of the specificity records (points; `mf_harness.runs.stats.specificity`)
+PROTOCOL = {"block": "followed", "amplify": "failed"}  # the paper's subset per intervention
 KEY_FIELDS = ("head_set", "follow", "k", "seed", "intervention", "coefficient", "scope", "spec_hash", "task",
               "metric", "subset")
 class _Absent:
@@ -96,6 +100,11 @@ class Record:
     def is_mfr(self) -> bool:
         """An MFR measure (``mfr`` / ``competing`` / ``neither`` of an MFR task), not a capability metric."""
         return self.metric in MFR_METRICS
+
+    @property
+    def is_capability(self) -> bool:
+        """A capability metric (not an MFR measure, not a specificity score)."""
+        return not self.is_mfr and self.metric != SPECIFICITY
 
     @property
     def pooled(self) -> bool:
@@ -205,7 +214,7 @@ def build_records(results: list[dict], manifest: dict, lm=None) -> list[Record]:
             tgt = per_sample[(m["spec_hash"], task)]
             seeds = [per_sample[(x["meta"]["spec_hash"], task)] for x in rand]
             pooled_meta = dict(rand[0]["meta"], seed=None, spec_name=f"{m['follow']}-{control}-k{m['k']}-pooled",
-                               spec_hash=None, heads=None)
+                               spec_hash=_pooled_hash(rand), heads=None)
             diff_meta = dict(m, head_set=f"targeted-{control}", spec_name=f"{m['spec_name']} - {control}")
             # capability metrics of the control: the mean over seeds of each seed's aggregate (corpus
             # metrics such as CIDEr are not per-sample means, so seeds are pooled at the aggregate)
@@ -225,7 +234,86 @@ def build_records(results: list[dict], manifest: dict, lm=None) -> list[Record]:
                      seed_sd=_clean(seed_spread(seed_means)))
                 emit(diff_meta, task, "mfr", subset, paired_difference([tgt[i] for i in ids], pooled).as_dict(),
                      n_seeds=len(seeds))
+    _specificity_records(results, baseline, mfr_tasks, groups, emit)
     return [Record(**d) for d in records]
+
+
+def _pooled_hash(cells: list[dict]) -> str:
+    """Identity of a pooled random control: its seeds' spec hashes (so two head sets' controls never collide)."""
+    import hashlib
+
+    return "pooled-" + hashlib.sha256(",".join(sorted(c["meta"]["spec_hash"] for c in cells)).encode()).hexdigest()[:12]
+
+
+def _capability_values(result: dict, task: str, ids: list[str]) -> dict[str, list[float]]:
+    """{metric: per-sample values on ``ids``} of a capability task (metrics with a value on every sample)."""
+    samples = result["tasks"][task]["samples"]
+    out = {}
+    for metric in result["tasks"][task]["metrics"]:
+        vals = [samples.get(i, {}).get(metric) for i in ids]
+        if vals and all(isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) for v in vals):
+            out[metric] = [float(v) for v in vals]
+    return out
+
+
+def _specificity_of(cells: list[dict], baseline: dict, task: str, subset: str, ctasks: list[str]):
+    """(Summary, per-seed points) of one head set (several cells: a random control's seeds, pooled per sample)."""
+    ids = _subsets(baseline, task)[subset]
+    if not ids or not ctasks:
+        return None, []
+
+    def pooled(values: list[list[float]]) -> list[float]:
+        return [sum(v[i] for v in values) / len(values) for i in range(len(values[0]))]
+
+    def measures(group: list[dict]):
+        effect = Paired(task, [float(baseline["tasks"][task]["samples"][i]["mfr"]) for i in ids],
+                        pooled([[float(c["tasks"][task]["samples"][i]["mfr"]) for i in ids] for c in group]))
+        coll = []
+        for ct in ctasks:
+            cids = sorted(baseline["tasks"][ct]["samples"], key=lambda x: int(x) if x.isdigit() else x)
+            orig = _capability_values(baseline, ct, cids)
+            per_cell = [_capability_values(c, ct, cids) for c in group]
+            for metric in sorted(orig):
+                if all(metric in pc for pc in per_cell):
+                    coll.append(Paired(ct, orig[metric], pooled([pc[metric] for pc in per_cell]), metric_scale(metric)))
+                else:  # no per-sample values (a corpus metric that cannot be split): the aggregates, not resampled
+                    a = baseline["tasks"][ct]["metrics"].get(metric)
+                    bs = [c["tasks"][ct]["metrics"].get(metric) for c in group]
+                    if isinstance(a, (int, float)) and all(isinstance(b, (int, float)) for b in bs):
+                        coll.append(Paired(f"{ct}/{metric}", [float(a)], [sum(bs) / len(bs)], metric_scale(metric)))
+        return effect, coll
+
+    effect, coll = measures(cells)
+    if not coll:
+        return None, []
+    per_seed = [specificity(*measures([c]), n_boot=2).value for c in cells] if len(cells) > 1 else []
+    return specificity(effect, coll), per_seed
+
+
+def _specificity_records(results: list[dict], baseline: dict, mfr_tasks: set, groups: dict, emit) -> None:
+    ctasks = [t for t in baseline["tasks"] if t not in mfr_tasks]
+    for r in results:
+        m = r["meta"]
+        if m["intervention"] == "none":
+            continue
+        task = next((t for t in r["tasks"] if t in mfr_tasks), None)
+        mine = [t for t in ctasks if t in r["tasks"]]
+        if task is None or not mine:
+            continue
+        summary, _ = _specificity_of([r], baseline, task, PROTOCOL[m["intervention"]], mine)
+        if summary is not None:
+            emit(m, task, SPECIFICITY, PROTOCOL[m["intervention"]], summary.as_dict())
+    for (control, follow, k, action, coef, scope), rand in sorted(groups.items(), key=str):
+        task = next((t for t in rand[0]["tasks"] if t in mfr_tasks), None)
+        mine = [t for t in ctasks if all(t in x["tasks"] for x in rand)]
+        if task is None or not mine:
+            continue
+        summary, per_seed = _specificity_of(rand, baseline, task, PROTOCOL[action], mine)
+        if summary is not None:
+            meta = dict(rand[0]["meta"], seed=None, spec_name=f"{follow}-{control}-k{k}-pooled",
+                        spec_hash=_pooled_hash(rand), heads=None)
+            emit(meta, task, SPECIFICITY, PROTOCOL[action], summary.as_dict(), n_seeds=len(rand),
+                 seed_sd=_clean(seed_spread(per_seed)))
 
 
 def write_records(records: Iterable[Record], path: str | Path, header: dict | None = None) -> Path:

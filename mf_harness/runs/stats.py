@@ -11,6 +11,8 @@ All functions take per-sample values (0/1 outcomes or reals) and are determinist
 * `wilson_interval` (a proportion), `t_interval` (the mean of a few seeds) and
   `paired_bootstrap_interval` (mean over seeds of a control minus a targeted 0/1 outcome, docs
   resampled with Python's ``random``): the intervals of the embedded model's card.
+* `specificity`: effect on modality following minus collateral on capability, in points,
+  with a paired per-sample bootstrap CI (formula in its docstring and the README).
 * Random controls over several seeds: average each sample's outcome over the seeds first
   (b_i = mean_s b_{i,s}), then pair with the targeted outcome; `seed_spread` reports the
   across-seed standard deviation of the seed means.
@@ -25,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["Summary", "summarize", "paired_difference", "seed_spread", "bootstrap_ci", "wilson_interval", "t_interval",
-           "paired_bootstrap_interval"]
+           "paired_bootstrap_interval", "Paired", "specificity", "metric_scale"]
 
 
 @dataclass(frozen=True)
@@ -110,3 +112,59 @@ def paired_bootstrap_interval(targeted: Sequence[int], randoms: Sequence[Sequenc
     rng = random.Random(seed)
     stats = sorted(sum(per_doc[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
     return (round(stats[int(0.025 * reps)], 4), round(stats[int(0.975 * reps) - 1], 4))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """One measure on shared samples: per-sample values of the original model and of the head set.
+
+    ``group`` names the sample set (the task): measures of one group are resampled together.
+    ``scale`` turns the measure into points (100 for a rate or a 0-1 score)."""
+
+    group: str
+    original: Sequence[float]
+    intervened: Sequence[float]
+    scale: float = 100.0
+
+
+def metric_scale(metric: str) -> float:
+    """Points per unit of a metric: 100 for rates and 0-1 scores (MFR, accuracy, BLEU, CIDEr as papers
+    print it x100), 1 for perplexities (already in their own unit)."""
+    return 1.0 if "ppl" in metric.lower() or "perplexity" in metric.lower() else 100.0
+
+
+def _deltas(p: Paired, idx: np.ndarray) -> np.ndarray:
+    """|mean(intervened) - mean(original)| x scale for each row of resampled indices ``idx`` [B, n]."""
+    a, b = np.asarray(p.original, dtype=float), np.asarray(p.intervened, dtype=float)
+    return np.abs(b[idx].mean(axis=1) - a[idx].mean(axis=1)) * p.scale
+
+
+def specificity(effect: Paired, collateral: Sequence[Paired], n_boot: int = 2000, seed: int = 0) -> Summary:
+    """Specificity of a head set, in points:
+
+        specificity = effect - collateral
+        effect      = |MFR(head set) - MFR(original)| x 100       on the protocol subset
+        collateral  = mean over capability metrics m of |m(head set) - m(original)| x scale(m)
+
+    95% CI: percentile bootstrap over samples, paired (the original and the head set are
+    resampled on the same samples), each sample set (``group``: the MFR subset, each
+    capability task) resampled independently; the metrics of one task share its resample.
+    ``stderr`` is the bootstrap standard deviation. Without capability measures the
+    collateral is unknown and the value is NaN."""
+    for p in (effect, *collateral):
+        if len(p.original) != len(p.intervened) or len(p.original) == 0:
+            raise ValueError(f"{p.group}: paired samples must be non-empty and of one length, got "
+                             f"{len(p.original)} and {len(p.intervened)}")
+    if not collateral:
+        return Summary(math.nan, math.nan, math.nan, math.nan, len(effect.original))
+
+    def value(idx: dict) -> np.ndarray:
+        coll = np.mean([_deltas(p, idx[p.group]) for p in collateral], axis=0)
+        return _deltas(effect, idx[effect.group]) - coll
+
+    sizes = {p.group: len(p.original) for p in (effect, *collateral)}
+    point = float(value({g: np.arange(n)[None] for g, n in sizes.items()})[0])
+    rng = np.random.default_rng(seed)
+    boots = value({g: rng.integers(0, n, size=(n_boot, n)) for g, n in sorted(sizes.items())})
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return Summary(point, float(boots.std(ddof=1)), float(lo), float(hi), len(effect.original))

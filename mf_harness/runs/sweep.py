@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Sequence
 
 from mf_harness.checks import atomic_write_text, finite_nonnegative, positive_int, safe_name
-from mf_harness.runs.lmms_layout import score_answers, write_lmms_layout
 from mf_harness.errors import MfHarnessError
 from mf_harness.provenance import git_hash, package_versions
 from mf_harness.core.spec import Head, InterventionSpec
@@ -77,6 +76,8 @@ class SweepConfig:
     name: str = "sweep"
     engine: str = "fast"  # fast: all specs of a sample in one prefix-shared batch; lmms: one lmms-eval run per cell
     mfr_task: str = "mfr"  # MFR task family: <mfr_task>_text / <mfr_task>_vision (mfr, mfr_mc2, mfr_dev, your own)
+    # one explicit head set (an InterventionSpec's dict, one action) instead of rankings: `mf-harness score`
+    head_set: dict | None = None
 
     def __post_init__(self) -> None:
         """Every value checked before anything runs or is written (one clear line per problem)."""
@@ -102,8 +103,32 @@ class SweepConfig:
             raise MfHarnessError(f"follows must be among text, vision; got {self.follows!r}")
         if self.engine not in ("fast", "lmms"):
             raise MfHarnessError(f"engine must be fast or lmms, got {self.engine!r}")
+        if self.head_set is not None:
+            spec = self.spec_of_head_set()
+            self.ks = [len(spec.block or spec.amplify)]
+            self.block, self.coefficients = bool(spec.block), ([float(spec.coefficient)] if spec.amplify else [])
+            self.scopes = [spec.scope]
+            if set(self.controls) - {"random", "random_any"}:
+                raise MfHarnessError(f"one head set is scored against random controls only (random, random_any); "
+                                     f"got controls {self.controls!r}")
         if not isinstance(self.model_args, str):
             raise MfHarnessError(f"model_args must be text (lmms-eval's key=value,...); got {self.model_args!r}")
+
+    def spec_of_head_set(self) -> InterventionSpec:
+        """The explicit head set as a spec: one action (block, or amplify at one coefficient), no decode."""
+        from mf_harness.core.spec import SpecError
+
+        try:
+            spec = InterventionSpec.from_dict(self.head_set or {})
+        except (SpecError, TypeError, AttributeError) as e:
+            raise MfHarnessError(f"head_set is not a valid spec: {e}") from None
+        if bool(spec.block) == bool(spec.amplify):
+            raise MfHarnessError(f"head set {spec.name or '(unnamed)'}: give one action (block or amplify heads), "
+                                 f"not {'both' if spec.block else 'neither'}")
+        if spec.decode:
+            raise MfHarnessError(f"head set {spec.name or '(unnamed)'} acts on decode steps too (decode=true); the "
+                                 f"paper's protocol scores prompt-position interventions: drop decode")
+        return spec
 
     def mfr_task_for(self, follow: str) -> str:
         return f"{self.mfr_task}_{follow}"
@@ -271,94 +296,17 @@ def plan_cells(cfg: SweepConfig, rankings: dict[str, list[Head]], num_layers: in
     return cells
 
 
-def _run_cell(lm, cell: Cell, cfg: SweepConfig, out: Path, task_manager, run_id: str | None = None) -> dict:
-    from lmms_eval import evaluator
-    from lmms_eval.loggers import EvaluationTracker
+def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True, lm=None) -> dict:
+    """Run (or resume) ``cfg`` into ``out``; returns {records, cells_run, cells_skipped, forwards, wall_s}.
 
-    view = lm.with_spec(cell.spec)  # same loaded weights; lmms-eval's clean() at the end leaves them loaded
-    tracker = EvaluationTracker(output_path=str(out / "runs" / (run_id or cell.cell_id)))
-    margs = ",".join(a for a in (cfg.model_args, cell.model_args()) if a)
-    from lmms_eval.utils import get_datetime_str
-
-    stamp = get_datetime_str()
-    res = evaluator.simple_evaluate(model=view, model_args=margs, tasks=list(cell.tasks), batch_size=cfg.batch_size,
-                                    limit=cfg.limit, task_manager=task_manager, log_samples=True,
-                                    evaluation_tracker=tracker, verbosity="ERROR", datetime_str=stamp)
-    samples = res.pop("samples")
-    tracker.save_results_aggregated(results=res, samples=samples, datetime_str=stamp)
-    for t in res["configs"]:
-        tracker.save_results_samples(task_name=t, samples=samples[t])
-    tasks = {}
-    for t in cell.tasks:
-        r = res["results"][t]
-        metrics = {k.split(",")[0]: v for k, v in r.items() if "," in k and "_stderr" not in k}
-        stderrs = {k.split(",")[0].replace("_stderr", ""): v for k, v in r.items() if "_stderr," in k}
-        names = [m["metric"] for m in res["configs"][t]["metric_list"]]
-        per_sample = {}
-        for s in samples[t]:
-            per_sample[str(s["doc_id"])] = {m: s.get(m) for m in names if isinstance(s.get(m), (int, float, bool))}
-        tasks[t] = {"metrics": metrics, "stderr": stderrs, "samples": per_sample,
-                    "n": res["n-samples"][t]["effective"]}
-    return {"cell_id": cell.cell_id, "meta": cell.meta(), "tasks": tasks}
-
-
-def _run_fast(lm, cells: list[Cell], cfg: SweepConfig, out: Path, progress: bool) -> dict[str, dict]:
-    """MFR tasks of all ``cells`` in one pass per sample; returns {cell_id: {task: task result}}."""
-    from lmms_eval.utils import get_datetime_str
-    from tqdm import tqdm
-
-    from mf_harness.analysis.samples import load_task_docs
-    from mf_harness.lmms.fast_engine import MultiSpecRunner
-
-    runner = MultiSpecRunner(lm, max_rows=max(8, cfg.batch_size * 4))
-    (out / "fast").mkdir(exist_ok=True)
-    results: dict[str, dict] = {c.cell_id: {} for c in cells}
-    for task in sorted({t for c in cells for t in c.tasks if t in cfg.mfr_tasks()}):
-        tcells = [c for c in cells if task in c.tasks]
-        task_obj, docs = load_task_docs(task, cfg.limit)
-        log = out / "fast" / f"{task}.jsonl"
-        answers: dict[str, dict[int, str]] = {c.cell_id: {} for c in tcells}
-        if log.exists():
-            for line in log.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                for cid, a in rec["answers"].items():
-                    if cid in answers:
-                        answers[cid][rec["doc_id"]] = a
-        gen_kwargs = dict(task_obj.config.generation_kwargs or {})
-        with log.open("a") as f:
-            for i, doc in enumerate(tqdm(docs, desc=f"{task}: {len(tcells)} specs per sample", disable=not progress)):
-                todo = [c for c in tcells if i not in answers[c.cell_id]]
-                if not todo:
-                    continue
-                label = f"{task} doc {i}"
-                images = lm.visuals(task_obj.doc_to_visual, doc, label)
-                outs = runner.generate(task_obj.doc_to_text(doc), images, doc, [c.spec for c in todo], gen_kwargs,
-                                       label)
-                for c, a in zip(todo, outs):
-                    answers[c.cell_id][i] = a
-                f.write(json.dumps({"doc_id": i, "answers": {c.cell_id: a for c, a in zip(todo, outs)}}) + "\n")
-                f.flush()
-        stamp = get_datetime_str()
-        for c in tcells:
-            per_sample, metrics, stderr = score_answers(task_obj, docs, answers[c.cell_id])
-            margs = ",".join(a for a in (cfg.model_args, c.model_args()) if a)
-            write_lmms_layout(out, c, task, task_obj, margs, docs, answers[c.cell_id], per_sample, metrics, stderr,
-                               stamp, lm.model_name)
-            results[c.cell_id][task] = {"metrics": metrics, "stderr": stderr, "samples": per_sample, "n": len(docs)}
-    return results
-
-
-def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True) -> dict:
-    """Run (or resume) ``cfg`` into ``out``; returns {records, cells_run, cells_skipped, forwards, wall_s}."""
+    ``lm``: an `IntervenedHF` already loaded from ``cfg.model_args`` (several sweeps on one model)."""
     from lmms_eval.tasks import TaskManager
     from lmms_eval.utils import simple_parse_args_string
     from tqdm import tqdm
 
     import mf_harness.lmms.plugin as plugin
     from mf_harness.lmms.model import IntervenedHF
+    from mf_harness.runs.cells import run_cell, run_fast
     from mf_harness.runs.records import build_records, write_records
 
     plugin.install()
@@ -382,10 +330,16 @@ def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True) -> dict:
     except ValueError:
         raise MfHarnessError(f"model_args must be key=value pairs separated by commas; got {cfg.model_args!r}") \
             from None
-    lm = IntervenedHF(batch_size=cfg.batch_size, **{k: v for k, v in args.items() if k != "batch_size"})
+    if lm is None:
+        lm = IntervenedHF(batch_size=cfg.batch_size, **{k: v for k, v in args.items() if k != "batch_size"})
     if not lm.spec.is_empty:
         raise MfHarnessError("the sweep's model_args must not carry a spec (the sweep sets one per cell)")
-    rankings = load_rankings(cfg.rankings)
+    if cfg.head_set is not None:
+        spec = cfg.spec_of_head_set()
+        spec.validate_for(lm.geometry.num_layers, lm.geometry.num_heads, lm.model_name)
+        rankings = {f: sorted(spec.block or spec.amplify) for f in cfg.follows}
+    else:
+        rankings = load_rankings(cfg.rankings)
     cells = plan_cells(cfg, rankings, lm.geometry.num_layers, lm.geometry.num_heads)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     if manifest is None:
@@ -401,12 +355,12 @@ def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True) -> dict:
     try:
         pending = [c for c in cells if not (out / "cells" / f"{c.cell_id}.json").exists()]
         skipped = len(cells) - len(pending)
-        fast = _run_fast(lm, pending, cfg, out, progress) if cfg.engine == "fast" and pending else {}
+        fast = run_fast(lm, pending, cfg, out, progress) if cfg.engine == "fast" and pending else {}
         for cell in tqdm(pending, desc=f"sweep {cfg.name}", disable=not progress or cfg.engine == "fast"):
-            rest = [t for t in cell.tasks if cfg.engine == "lmms" or t not in cfg.mfr_tasks()]
+            rest = [t for t in cell.tasks if cfg.engine == "lmms" or t not in fast.get(cell.cell_id, {})]
             tasks = dict(fast.get(cell.cell_id, {}))
             if rest:
-                part = _run_cell(lm, Cell(**{**cell.__dict__, "tasks": tuple(rest)}), cfg, out, tm, cell.cell_id)
+                part = run_cell(lm, Cell(**{**cell.__dict__, "tasks": tuple(rest)}), cfg, out, tm, cell.cell_id)
                 tasks.update(part["tasks"])
             result = {"cell_id": cell.cell_id, "meta": cell.meta(), "tasks": {t: tasks[t] for t in cell.tasks}}
             atomic_write_text(out / "cells" / f"{cell.cell_id}.json", json.dumps(result, sort_keys=True))

@@ -9,7 +9,7 @@ Not part of the runtime: nothing outside this package imports it except the CLI'
 | ``synth`` | the synthetic conflict rows (training and held-out) |
 | ``batches`` | prompts and images exactly as the wrapper feeds them; routing masks |
 | ``loop`` | losses, the training loop, the held-out probe |
-| ``measure`` | first-token MFR, LDAR by layer, single-head effects on generator rows |
+| ``measure`` | the card's LDAR, head effects and fast MFR, taken with `mf_harness.analysis` |
 | ``evaluate`` | MFR through lmms-eval, targeted vs random heads, the spec files |
 | ``card`` | ``MODEL_CARD.md`` |
 | ``trainer`` | the command (``main``) |
@@ -22,8 +22,8 @@ _EXPORTS = {
     "render": "batches", "pixel_bounds": "batches", "Batch": "batches", "encode_batch": "batches",
     "route_masks": "batches", "attention_masks": "batches",
     "train": "loop", "load_checkpoint": "loop", "weights_hash": "loop", "probe_accuracy": "loop",
-    "first_token_mfr": "measure", "ldar_by_layer": "measure", "head_effects": "measure", "top_heads": "measure",
-    "ranked_heads": "measure", "bundled_docs": "measure", "random_heads": "measure",
+    "margin_mfr": "measure", "ldar_by_layer": "measure", "head_effects": "measure", "top_heads": "measure",
+    "ranked_heads": "measure", "bundled_docs": "measure", "harness_lm": "measure", "samples_for": "measure",
     "evaluate": "evaluate", "model_card": "card",
 }
 __all__ = sorted(_EXPORTS) + ["main"]

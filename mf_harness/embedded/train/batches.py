@@ -10,11 +10,12 @@ from typing import Sequence
 from mf_harness.embedded.train.config import SYSTEM_PROMPT
 
 
-def render(processor, text: str) -> str:
+def render(processor, text: str, image: bool = True) -> str:
     """The chat-templated prompt of the ``intervened_qwen`` wrapper (system prompt, image, text)."""
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
+        {"role": "user", "content": content},
     ]
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -46,11 +47,11 @@ def encode_batch(processor, rows: Sequence[dict], with_answer: bool = True, answ
 
     tok = processor.tokenizer
     lo, hi, factor = pixel_bounds(processor)
-    images = [qwen_fetch_image(r["image"], lo, hi, factor) for r in rows]
+    images = [qwen_fetch_image(r["image"], lo, hi, factor) for r in rows if r["image"] is not None]
     user = [synth.user_text(r) for r in rows]
-    prompts = [render(processor, u) for u in user]
+    prompts = [render(processor, u, r["image"] is not None) for u, r in zip(user, rows)]
     texts = [p + answer_prefix + r["answer"] + tok.eos_token if with_answer else p for p, r in zip(prompts, rows)]
-    inputs = processor(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
+    inputs = processor(text=texts, images=images or None, padding=True, padding_side="right", return_tensors="pt")
     ids = inputs["input_ids"]
     att = inputs["attention_mask"]
     vstart = tok.convert_tokens_to_ids("<|vision_start|>")
@@ -63,9 +64,14 @@ def encode_batch(processor, rows: Sequence[dict], with_answer: bool = True, answ
                               tokenizer=tok, placeholder_ids=placeholder, instruction=r["instruction"],
                               doc_label=r.get("sample_id", str(b)))
         instr.append(pos)
-        question.append(scope_positions("instruction", rendered=texts[b], user_text=user[b], expanded_ids=row_ids,
-                                        tokenizer=tok, placeholder_ids=placeholder, instruction=r["question"]))
-        content.append((row_ids.index(vstart), pos[0]))
+        if r["question"]:
+            question.append(scope_positions("instruction", rendered=texts[b], user_text=user[b],
+                                            expanded_ids=row_ids, tokenizer=tok, placeholder_ids=placeholder,
+                                            instruction=r["question"]))
+        else:  # a caption request: the request is the question
+            question.append(pos)
+        # image + context (empty for a capability row: nothing is routed there)
+        content.append((row_ids.index(vstart), pos[0]) if not r.get("capability") else (pos[0], pos[0]))
         lengths.append(n)
         if with_answer:
             ans = tok(answer_prefix + r["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -90,6 +96,8 @@ def route_masks(batch: Batch, num_layers: int, delay: int, dtype) -> list:
     cut_content = torch.zeros(B, S, S, dtype=torch.bool)
     cut_instr = torch.zeros(B, S, S, dtype=torch.bool)
     for b in range(B):
+        if batch.rows[b].get("capability"):  # no conflict, no modality instruction: nothing to route
+            continue
         after = batch.instruction[b][-1] + 1
         c0, c1 = batch.content[b]
         cut_content[b, after:, c0:c1] = True

@@ -57,6 +57,13 @@ def model_card(info: dict, results: dict) -> str:
         "Qwen chat template with the system prompt `You are a helpful assistant.`, and the image goes "
         "through the wrapper's JPEG q85 round trip (`qwen_fetch_image`): training sees what evaluation feeds.",
         "",
+        f"General capability rows ({cfg.get('capability', 0):.0%} of the rows, `synth.capability_row`): the same "
+        "drawings with nothing to arbitrate, as the `mf_shapes_*` tasks ask them (`tasks/capability/shapes.py`): "
+        "the question and the image with no text context; the context and the question with no image; both, "
+        "agreeing; and a caption request (`Describe the image in a few words.` and two other phrasings) answered "
+        "with a short caption (`a red circle`, `three blue squares`). None carries a modality instruction, and "
+        "the routing and anchor losses below skip them.",
+        "",
         "Held out of training:",
         "",
         f"- colour conflicts: the {len(synth.HELDOUT_COLOR_PAIRS)} ordered (image colour, text colour) pairs of the "
@@ -102,15 +109,29 @@ def model_card(info: dict, results: dict) -> str:
         "`paper` is the eval default and a training phrasing; the two others never occur in training "
         "(`MF_HARNESS_INSTRUCTION=focus`; the custom pair via `MF_HARNESS_INSTRUCTION_TEXT/_VISION`).",
         "",
+        "## General capability in its world (bundled `mf_shapes_*` tasks, lmms-eval, no intervention)",
+        "",
+        "No conflict, no modality instruction; images and items held out of training (their own seed). "
+        "`exact_match`: the normalised answer equals the truth; `shapes_CIDEr`: pycocoevalcap CIDEr against three "
+        "reference captions (x100). These are the capability tasks `mf-harness score` and `make demo` score head "
+        "sets against on this model.",
+        "",
+        md_table(["task", "metric", "value", "n"], [
+            [t, m, f"{100 * v:.1f}", r["n"]] for t, r in results.get("capability", {}).items()
+            for m, v in r.items() if m != "n"
+        ]),
+        "",
         "## Where it settles the conflict: LDAR by layer (logit lens)",
         "",
-        "s_l(i, E) = max over t in E of (W_U . FinalNorm(h_l(i)))_t, with h_l the output of layer l and E the "
-        "first tokens of the answer's forms (bare and space-prefixed). LDAR_l is the share of docs whose "
-        "1[R_l(E_c) > R_l(E_o)] equals the model's final decision 1[s(last, E_c) > s(last, E_o)] on its output "
-        "logits. Readouts R_l(E): `instruction (top-3)` is the paper's, the mean of s_l(i, E) over the 3 "
-        "instruction tokens with the highest s_l(i, E); `instruction (top-1)` the same with k = 1; `instruction "
-        "(final token)` is s_l at the instruction's last token (`.`); `last position` is s_l(last, E). "
-        "Bundled set (240 docs per direction), `paper` phrasing.",
+        "Measured by the harness (`mf_harness.analysis.measures.lens_and_attribution`, what `mf-harness lens` "
+        "reports). s_l(i, E) = max over t in E of (W_U . FinalNorm(h_l(i)))_t, with h_l the output of layer l "
+        "and E the first tokens of the answer's forms (bare, capitalised, space-prefixed). LDAR_l is the share "
+        "of docs whose 1[R_l(E_c) > R_l(E_o)] equals the model's final decision (max over E_c of its output "
+        "logits above max over E_o). Readouts R_l(E): `instruction (top-3)` is the paper's, the mean of "
+        "s_l(i, E) over the 3 instruction tokens with the highest s_l(i, E); `instruction (top-1)` the same with "
+        "k = 1; `instruction (final token)` is s_l at the instruction's last token (`.`), where the anchor loss "
+        "trains the decision; `last position` is s_l(last, E). Bundled set (240 docs per direction), `paper` "
+        "phrasing.",
         "",
         md_table(["follow", "readout"] + [f"after layer {l}" for l in range(L)], [
             [f, sc.replace("_top1", " (top-1)").replace("_final_token", " (final token)")
@@ -121,8 +142,9 @@ def model_card(info: dict, results: dict) -> str:
         "",
         "## Heads",
         "",
-        f"Ranked by single-head ablation (the total effect): block one head at a scope and measure the mean drop "
-        f"of the compliant-minus-competing logit margin at the last prompt position, over "
+        f"Ranked by single-head ablation (the total effect; `mf_harness.analysis.measures.ablation_effects`, "
+        f"what `mf-harness discover --method ablation` ranks by): block one head at a scope and measure the mean "
+        f"drop of the compliant-minus-competing logit margin at the last prompt position, over "
         f"{results['ranking_rows']} generator rows per direction (`synth.heldout_rows`, seed "
         f"{results['ranking_seed']}; not the eval set). Top 8 (effect in logits):",
         "",
@@ -131,8 +153,8 @@ def model_card(info: dict, results: dict) -> str:
                             for h in results["ranking"][key][:8])] for key in results["ranking"]
         ]),
         "",
-        "Sweep (first answer token, bundled set): MFR with the targeted top-k blocked vs k random heads "
-        "(drawn from the other heads; mean of 5 seeds):",
+        "Sweep (final-logit margin > 0 as a fast proxy of MFR, bundled set): the targeted top-k blocked vs k "
+        "random heads from any layer (the sweep's `random_any` control; mean of 5 seeds):",
         "",
         md_table(["follow / scope / k", "targeted", "random (mean)", "random per seed"], [
             [key, f"{v['targeted']:.3f}", f"{sum(v['random']) / len(v['random']):.3f}",
@@ -159,7 +181,7 @@ def model_card(info: dict, results: dict) -> str:
         "the bundled eval set; output committed as `interventions/embedded/heads.csv`), then sweeps the top k "
         "(`interventions/embedded/demo.json`) blocked at the instruction tokens and at the last position against "
         "two random controls of 5 seeds each: k heads from any layer, and k heads matched layer by layer (the "
-        "paper's control). This model's routing heads all sit in layer 0, which has 8 heads, so at k = 8 the "
+        "paper's control). Most of this model's routing heads sit in layer 0, which has 8 heads, so at k = 8 the "
         "layer-matched control is nearly the targeted set itself and measures layer 0 against the rest, not "
         "head specificity; here the any-layer control is the one that tests specificity (on a 28-layer model "
         "the paper's control is the stricter, right one). The README shows the demo's table.",
@@ -173,12 +195,14 @@ def model_card(info: dict, results: dict) -> str:
         "## Retrain",
         "",
         "```bash",
-        "python -m mf_harness.embedded.train              # retrain (~12 min on 2 cores), re-measure, rewrite card and specs",
+        f"python -m mf_harness.embedded.train              # retrain (~{round(info['train_seconds'] / 60)} min "
+        f"on 2 cores), re-measure, rewrite card and specs",
         "python -m mf_harness.embedded.train --eval-only  # re-measure the shipped weights, rewrite card and specs",
         "python -m mf_harness.embedded.train --card-only  # rewrite this card from mf_harness_train.json",
         "```",
         "",
-        "Measuring (the `--eval-only` part) takes another ~8 minutes: 34 lmms-eval runs and 128 head ablations.",
+        f"Measuring (the `--eval-only` part) took {round(results.get('eval_seconds', 0) / 60)} minutes: 34 "
+        f"lmms-eval runs of `mfr`, one of the `mf_shapes` tasks, and 128 head ablations.",
         "",
     ]
     return "\n".join(parts)
@@ -194,6 +218,10 @@ def machine_label() -> str:
             f"{torch.__version__}, transformers {transformers.__version__}")
 
 
+def _layers(heads: list[str]) -> list[int]:
+    return sorted({int(h[1:h.index("H")]) for h in heads})
+
+
 def card_notes(results: dict) -> list[str]:
     """Plain statements for the card, derived from the measurements."""
     L = results["heads"][0]
@@ -204,7 +232,7 @@ def card_notes(results: dict) -> list[str]:
         ld = results["ldar"][follow]
         notes.append(
             f"{follow.capitalize()} following, LDAR >= 0.95: at the instruction's final token "
-            f"{at(first(ld.get('instruction_final_token', [])))}, at the last position {at(first(ld['last']))}; the "
+            f"{at(first(ld['instruction_final_token']))}, at the last position {at(first(ld['last']))}; the "
             f"paper's top-3 readout over all instruction tokens peaks at {max(ld['instruction']):.3f} (the other "
             f"instruction tokens hold copies of both sides' answers, not the decision).")
     by = {(h["follow"], h["scope"]): h for h in results["headlines"]}
@@ -218,9 +246,9 @@ def card_notes(results: dict) -> list[str]:
             f"(gap {hl['gap']:.3f}).")
     notes.append(
         f"So the scope this model uses is **{results.get('scope_used', 'instruction')}**: the content reaches the "
-        "answer through the instruction tokens, written there by layer-0 heads; the last position only reads "
-        "the instruction's decision, and many positions after the question hold the answer (the dense loss), "
-        "so blocking heads at the last position alone changes little.")
+        f"answer through the instruction tokens, written there by heads of layer(s) "
+        f"{', '.join(str(l) for l in _layers(by[('text', 'instruction')]['heads']))}; many positions after the "
+        "question hold the answer (the dense loss), so blocking heads at the last position alone changes less.")
     k1 = results["sweep"].get("text/instruction/k1")
     notes.append(
         "This anchor was trained in (routing mask, anchor and dense losses): the model is a test bed with a "
@@ -228,9 +256,9 @@ def card_notes(results: dict) -> list[str]:
         "single-head ablation (the total effect); direct logit attribution was not measured on this checkpoint "
         "(on the earlier trial models it ranked heads whose output is never read: "
         "../shared/notes/embedded-model-trials.md). The content is written into the instruction by several "
-        "layer-0 heads at once" + (f", so one head moves text MFR only to {k1['targeted']:.3f}" if k1 else "") + ".")
+        "heads at once" + (f", so one head moves text MFR only to {k1['targeted']:.3f}" if k1 else "") + ".")
     notes.append(
         "Held-out instruction phrasings generalise poorly: the model learned its training phrasings, not the "
-        "meaning of an unseen sentence. It can only answer with its 18 answer words (10 colours, one to four, "
-        f"4 shapes); {L} layers do exactly this task and nothing else (no captioning, no general QA).")
+        "meaning of an unseen sentence. It answers with its 18 answer words (10 colours, one to four, 4 shapes) "
+        f"and writes short captions of its drawings; {L} layers do this world's tasks and nothing else.")
     return notes

@@ -19,7 +19,7 @@ class TrainConfig:
     """Everything that determines the trained weights."""
 
     seed: int = 0
-    steps: int = 1600
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 3e-3
     min_lr_ratio: float = 0.05
@@ -42,6 +42,9 @@ class TrainConfig:
     anchor: float = 0.5
     anchor_layer: int = 2
     conflict: float = 0.9
+    # share of rows with nothing to arbitrate (image only, text only, agreeing, caption: `synth.capability_row`),
+    # so that the model has a general capability in its world (the mf_shapes tasks) to score head sets against
+    capability: float = 0.2
     kinds: tuple[float, float, float] = (0.25, 0.375, 0.375)  # color, counting, object_recognition
     # the model (Qwen2.5-VL); the tokenizer is a byte-level BPE trained on the training prompts
     hidden_size: int = 128
@@ -67,7 +70,7 @@ DEFAULT = TrainConfig()
 def tokenizer_corpus(cfg: TrainConfig) -> str:
     from mf_harness.embedded.train import synth
 
-    rows = synth.training_rows(cfg.seed, cfg.tokenizer_rows, synth.Mix(cfg.conflict, cfg.kinds))
+    rows = synth.training_rows(cfg.seed, cfg.tokenizer_rows, synth.Mix(cfg.conflict, cfg.kinds, cfg.capability))
     lines = [synth.user_text(r) + "\n" + r["answer"] for r in rows]
     words = [w for ws in synth.answer_words().values() for w in ws]
     # every answer word must be one token, with and without a leading space

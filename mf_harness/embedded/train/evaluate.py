@@ -11,10 +11,10 @@ from typing import Any, Sequence
 
 from mf_harness.embedded.train.batches import pixel_bounds
 from mf_harness.embedded.train.config import DEFAULT
-from mf_harness.embedded.train.loop import load_checkpoint
-from mf_harness.embedded.train.measure import (bundled_docs, first_token_mfr, head_effects, ldar_by_layer,
-                                               random_heads, ranked_heads)
+from mf_harness.embedded.train.measure import (bundled_docs, harness_lm, head_effects, ldar_by_layer, margin_mfr,
+                                               ranked_heads, samples_for)
 from mf_harness.runs.stats import paired_bootstrap_interval, t_interval, wilson_interval
+from mf_harness.runs.sweep import random_any
 
 
 def lmms_mfr(path: Path, follow: str, extra_args: str = "", env: dict | None = None) -> list[int]:
@@ -62,9 +62,8 @@ def evaluate(path: str | Path, seed: int = 0, ks: Sequence[int] = (1, 2, 4, 8), 
 
     path = Path(path)
     torch.set_num_threads(DEFAULT.threads)
-    model, processor = load_checkpoint(path, attn="sdpa")
-    model.eval()
-    geo = geometry(model)
+    lm = harness_lm(path)
+    geo = geometry(lm.model)
     out: dict[str, Any] = {"heads": [geo.num_layers, geo.num_heads]}
     t0 = time.time()
 
@@ -72,49 +71,72 @@ def evaluate(path: str | Path, seed: int = 0, ks: Sequence[int] = (1, 2, 4, 8), 
     phr = {"paper": {}, "focus (held out)": {"MF_HARNESS_INSTRUCTION": "focus"},
            "custom (held out)": {"MF_HARNESS_INSTRUCTION_TEXT": synth.HELDOUT_INSTRUCTIONS["text"][1],
                                  "MF_HARNESS_INSTRUCTION_VISION": synth.HELDOUT_INSTRUCTIONS["vision"][1]}}
-    per_doc: dict[str, list[int]] = {}
     out["mfr"] = {}
     for name, env in phr.items():
         out["mfr"][name] = {}
         for follow in ("text", "vision"):
             hits = lmms_mfr(path, follow, env=env or None)
-            if name == "paper":
-                per_doc[follow] = hits
             p = sum(hits) / len(hits)
             out["mfr"][name][follow] = {"mfr": round(p, 4), "n": len(hits), "ci95": wilson_interval(p, len(hits))}
         log(f"  MFR {name}: {out['mfr'][name]}  ({time.time() - t0:.0f}s)")
 
-    # 2. where the conflict is settled: LDAR by layer on the bundled docs
-    docs = {f: bundled_docs(f) for f in ("text", "vision")}
-    out["ldar"] = {f: ldar_by_layer(model, processor, docs[f]) for f in docs}
+    # 1b. general capability in the model's world (no conflict): the mf_shapes tasks through lmms-eval
+    out["capability"] = lmms_capability(path)
+    log(f"  capability {out['capability']}  ({time.time() - t0:.0f}s)")
+
+    # 2. where the conflict is settled: LDAR by layer on the bundled docs (`mf-harness lens`'s measure)
+    samples = {f: samples_for(lm, f) for f in ("text", "vision")}
+    out["ldar"] = {f: ldar_by_layer(lm, samples[f]) for f in samples}
     log(f"  LDAR {out['ldar']}  ({time.time() - t0:.0f}s)")
 
-    # 3. heads ranked by single-head ablation on generator rows (not the eval set)
+    # 3. heads ranked by single-head ablation on generator rows, not the eval set (`discover --method ablation`)
     out["effects"], out["ranking"] = {}, {}
     for follow in ("text", "vision"):
-        rows = synth.heldout_rows(seed + 7, ranking_rows, follow=follow)
+        rows = samples_for(lm, follow, synth.heldout_rows(seed + 7, ranking_rows, follow=follow))
         for scope in ("instruction", "last"):
-            eff = head_effects(model, processor, rows, scope)
+            eff = head_effects(lm, rows, scope)
             out["effects"][f"{follow}/{scope}"] = [[round(float(x), 3) for x in r] for r in eff]
             out["ranking"][f"{follow}/{scope}"] = [f"L{l}H{h}" for l, h in ranked_heads(eff)]
     log(f"  rankings done ({time.time() - t0:.0f}s)")
 
-    # 4. fast sweep (first answer token) over k: targeted vs n_random random sets
+    # 4. fast sweep (final-logit margin) over k: targeted vs n_random random sets from any layer (the sweep's
+    # ``random_any`` control)
     out["sweep"] = {}
     for follow in ("text", "vision"):
         for scope in ("instruction", "last"):
             ranked = [InterventionSpec(block=[h]).block[0] for h in out["ranking"][f"{follow}/{scope}"]]
             for k in ks:
-                top = [(h.layer, h.head) for h in ranked[:k]]
-                tgt = first_token_mfr(model, processor, docs[follow], InterventionSpec(block=top, scope=scope))
-                rnd = [first_token_mfr(model, processor, docs[follow],
-                                       InterventionSpec(block=random_heads(k, s, top, geo.num_layers, geo.num_heads),
-                                                        scope=scope)) for s in range(n_random)]
+                top = sorted(ranked[:k])
+                tgt = margin_mfr(lm, samples[follow], InterventionSpec(block=top, scope=scope))
+                rnd = [margin_mfr(lm, samples[follow], InterventionSpec(
+                    block=random_any(top, geo.num_layers, geo.num_heads, s, salt=follow), scope=scope))
+                    for s in range(n_random)]
                 out["sweep"][f"{follow}/{scope}/k{k}"] = {"targeted": round(tgt, 4),
                                                          "random": [round(r, 4) for r in rnd]}
-    out["clean_first_token_mfr"] = {f: round(first_token_mfr(model, processor, docs[f]), 4) for f in docs}
+    out["clean_margin_mfr"] = {f: round(margin_mfr(lm, samples[f]), 4) for f in samples}
     log(f"  sweep done ({time.time() - t0:.0f}s)")
     out["eval_seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def lmms_capability(path: Path) -> dict[str, dict]:
+    """The original model on the ``mf_shapes`` capability tasks through lmms-eval: {task: {metric: value, n}}."""
+    from lmms_eval import evaluator
+
+    import mf_harness.lmms.plugin as plugin
+    from mf_harness.runs.score import EMBEDDED_CAPABILITY
+
+    plugin.install()
+    from lmms_eval.tasks import TaskManager
+
+    lm = harness_lm(path)
+    res = evaluator.simple_evaluate(model=lm, tasks=list(EMBEDDED_CAPABILITY), batch_size=8,
+                                    task_manager=TaskManager("ERROR"), verbosity="ERROR")
+    out = {}
+    for t in EMBEDDED_CAPABILITY:
+        r = res["results"][t]
+        out[t] = {k.split(",")[0]: round(float(v), 4) for k, v in r.items() if "," in k and "_stderr" not in k}
+        out[t]["n"] = res["n-samples"][t]["effective"]
     return out
 
 
@@ -124,10 +146,9 @@ def headline(path: str | Path, results: dict, follow: str, scope: str, k: int, n
 
     L, H = results["heads"]
     top = [InterventionSpec(block=[h]).block[0] for h in results["ranking"][f"{follow}/{scope}"][:k]]
-    top_t = [(h.layer, h.head) for h in top]
     base = lmms_mfr(Path(path), follow)
     tgt = lmms_mfr(Path(path), follow, f"block={'+'.join(map(str, top))},scope={scope}")
-    rnd_sets = [random_heads(k, s, top_t, L, H) for s in range(n_random)]
+    rnd_sets = [[(h.layer, h.head) for h in random_any(top, L, H, s, salt=follow)] for s in range(n_random)]
     rnd = [lmms_mfr(Path(path), follow, f"block={'+'.join(f'L{l}H{h}' for l, h in hs)},scope={scope}")
            for hs in rnd_sets]
     n = len(tgt)

@@ -29,7 +29,7 @@ def losses(model, batch: Batch, dense: bool):
             cols.append(p)
             tgt.append(t)
             kind.append(0)
-        if dense:
+        if dense and batch.rows[b].get("capability") != "caption":  # a caption's first word says little
             for p in range(batch.question[b][-1], batch.prompt_length[b] - 1):
                 rows.append(b)
                 cols.append(p)
@@ -76,13 +76,15 @@ class AnchorLens:
         for kind, ws in self.words.items():
             rows, tgt = [], []
             for b, r in enumerate(batch.rows):
+                if r.get("capability"):  # no modality instruction to anchor
+                    continue
                 word = synth.stated(r).get(kind)
                 if word is not None:
                     rows.append(b)
                     tgt.append(list(ws).index(word))
             if rows:
                 losses.append(torch.nn.functional.cross_entropy(logits[rows][:, self.ids[kind]], torch.tensor(tgt)))
-        return sum(losses) / len(losses)
+        return sum(losses) / len(losses) if losses else torch.zeros(())
 
     def remove(self):
         self.handle.remove()
@@ -116,6 +118,9 @@ class VisionLens:
     def loss(self, rows):
         import torch
 
+        rows = [r for r in rows if r["image"] is not None]  # the tower ran on these rows' images, in order
+        if not rows:
+            return torch.zeros(())
         feats = self.captured.reshape(len(rows), -1, self.captured.shape[-1])
         if not self.per_token:
             feats = feats.mean(1, keepdim=True)
@@ -190,9 +195,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, log=print, probe_every: int = 1
     anchor = AnchorLens(model, processor.tokenizer, cfg.anchor_layer) if cfg.anchor else None
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    mix = synth.Mix(cfg.conflict, cfg.kinds)
+    mix = synth.Mix(cfg.conflict, cfg.kinds, cfg.capability)
     probe_rows = synth.heldout_rows(cfg.seed + 1, 96, follow="text") + synth.heldout_rows(cfg.seed + 1, 96,
                                                                                          follow="vision")
+    if cfg.capability:
+        probe_rows += synth.capability_rows(cfg.seed + 1, 24)
     history, aux_hist = [], []
     for step in range(cfg.steps):
         rows = list(synth.training_rows(cfg.seed, cfg.batch_size, mix, start=step * cfg.batch_size))
@@ -252,6 +259,6 @@ def probe_accuracy(model, processor, rows: Sequence[dict], answer_prefix: str = 
             for b, pairs in enumerate(batch.targets):
                 p, t = pairs[0]
                 r = batch.rows[b]
-                key = f"{r['follow'][0]}-{r['task'][:3]}"
+                key = f"cap-{r['capability']}" if r.get("capability") else f"{r['follow'][0]}-{r['task'][:3]}"
                 hits.setdefault(key, []).append(int(logits[b, p].argmax()) == t)
     return {k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}

@@ -34,6 +34,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from mf_harness.tasks.capability import shapes
 from mf_harness.tasks.mfr.mfr import FORMAT_INSTRUCTION, INSTRUCTIONS, render_prompt
 from mf_harness.tasks.mfr.mfr_data import COLORS, IMAGE_SIZE, NUMBER_WORDS, PLURAL, SHAPES
 from mf_harness.tasks.mfr.mfr_data import draw_shape as _draw  # the eval set's geometry
@@ -52,6 +53,10 @@ __all__ = [
     "user_text",
     "answer_words",
     "stated",
+    "capability_row",
+    "capability_rows",
+    "CAPABILITY_TASKS",
+    "TRAIN_CAPTION_INSTRUCTIONS",
 ]
 
 KINDS: tuple[str, ...] = ("color", "counting", "object_recognition")
@@ -159,6 +164,8 @@ class Mix:
 
     conflict: float = 0.9
     kinds: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)  # color, counting, object_recognition
+    # share of no-conflict capability rows (`capability_row`); 0 leaves the stream exactly as before
+    capability: float = 0.0
 
 
 def make_row(
@@ -223,10 +230,52 @@ def training_rows(seed: int, n: int, mix: Mix = Mix(), start: int = 0) -> Iterat
     """Rows ``start .. start+n-1`` of the training stream of ``seed``; row i depends only on (seed, i)."""
     for i in range(start, start + n):
         rng = random.Random(f"mf-harness-train:{seed}:{i}")
+        if mix.capability and random.Random(f"mf-harness-capability:{seed}:{i}").random() < mix.capability:
+            yield capability_row(rng, task=rng.choice(CAPABILITY_TASKS), kind=_pick(rng, mix.kinds, KINDS),
+                                 sample_id=f"train-{seed}-{i:07d}")
+            continue
         kind = _pick(rng, mix.kinds, KINDS)
         follow = rng.choice(FOLLOW)
         conflict = rng.random() < mix.conflict
         yield make_row(rng, kind=kind, follow=follow, conflict=conflict, sample_id=f"train-{seed}-{i:07d}")
+
+
+CAPABILITY_TASKS = shapes.TASKS  # image only, text only, agreeing, caption
+# caption requests in training: the eval one (`shapes.CAPTION_INSTRUCTION`, half of the rows) and two more
+TRAIN_CAPTION_INSTRUCTIONS = (shapes.CAPTION_INSTRUCTION, "Write a short caption for the image.",
+                              "What does the picture show? Answer in a few words.")
+
+
+def capability_row(rng: random.Random, *, task: str, kind: str, sample_id: str = "") -> dict[str, Any]:
+    """A row with nothing to arbitrate, as the ``mf_shapes_<task>`` tasks ask it (`shapes.user_text`).
+
+    ``image``: the question and the image, no context; ``text``: context and question, no image;
+    ``agree``: both, agreeing; ``caption``: the image and a caption request (answer: `shapes.caption`).
+    No modality instruction: ``instruction`` is the task's format line or caption request and
+    ``follow`` is None. The drawing fields (``image_color`` ...) are set as in `make_row`."""
+    row = make_row(rng, kind=kind, follow="vision", conflict=False, sample_id=sample_id)
+    row.update(capability=task, follow=None, instruction=shapes.QA_INSTRUCTION, format_instruction="")
+    if task == "image":
+        row["context"] = ""
+    elif task == "text":
+        row["image"] = None
+    elif task == "caption":
+        weights = [len(TRAIN_CAPTION_INSTRUCTIONS) - 1] + [1] * (len(TRAIN_CAPTION_INSTRUCTIONS) - 1)
+        row.update(question="", context="", instruction=rng.choices(TRAIN_CAPTION_INSTRUCTIONS, weights=weights)[0],
+                   answer=shapes.caption(row["image_shape"], row["image_color"], row["image_count"]))
+    elif task != "agree":
+        raise ValueError(f"unknown capability task {task!r}; known: {', '.join(CAPABILITY_TASKS)}")
+    return row
+
+
+def capability_rows(seed: int, per_task: int) -> list[dict[str, Any]]:
+    """Held-out capability rows (probe): ``per_task`` per task, kinds cycled."""
+    out = []
+    for task in CAPABILITY_TASKS:
+        for i in range(per_task):
+            rng = random.Random(f"mf-harness-capability-probe:{seed}:{task}:{i}")
+            out.append(capability_row(rng, task=task, kind=KINDS[i % len(KINDS)], sample_id=f"cap-{seed}-{task}-{i}"))
+    return out
 
 
 def heldout_rows(seed: int, n: int, *, follow: str, phrasing: str = "train") -> list[dict[str, Any]]:
@@ -272,6 +321,8 @@ def stated(row: Mapping[str, Any], follow: str | None = None) -> dict[str, str]:
 
 
 def user_text(row: Mapping[str, Any]) -> str:
-    """The prompt text the ``mfr`` task gives the model for this row (`mf_harness.tasks.mfr.mfr.doc_to_text`)."""
+    """The prompt text the ``mfr`` task (or, for a capability row, the ``mf_shapes`` task) gives the model."""
+    if row.get("capability"):
+        return shapes.user_text(row["capability"], row["question"], row["context"], row["instruction"])
     return render_prompt(row["context"], row["instruction"], row["question"], row.get("format_instruction",
                                                                                       FORMAT_INSTRUCTION))

@@ -92,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dense", type=float, default=DEFAULT.dense)
     p.add_argument("--anchor", type=float, default=DEFAULT.anchor)
     p.add_argument("--answer-prefix", default=DEFAULT.answer_prefix)
+    p.add_argument("--capability", type=float, default=DEFAULT.capability,
+                   help="share of no-conflict capability rows (image only, text only, agreeing, caption)")
     p.add_argument("--probe-every", type=int, default=100, help="held-out probe interval (0: never)")
     p.add_argument("--no-eval", action="store_true", help="train only: no evaluation, card or spec files")
     p.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint at --out and rewrite its card")
@@ -101,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = replace(DEFAULT, steps=args.steps, seed=args.seed, route_prob=args.route_prob, route_delay=args.route_delay,
                   lr=args.lr, batch_size=args.batch_size, aux_vision=args.aux_vision, threads=args.threads,
-                  dense=args.dense, anchor=args.anchor, answer_prefix=args.answer_prefix)
+                  dense=args.dense, anchor=args.anchor, answer_prefix=args.answer_prefix,
+                  capability=args.capability)
     embedded = args.out is None
     if embedded:
         from mf_harness.embedded import EMBEDDED_NAME, embedded_dir
