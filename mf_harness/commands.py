@@ -88,6 +88,8 @@ def cmd_discover(args) -> int:
                  k_list=args.k, topk_tokens=args.topk_tokens, method=args.method,
                  site=args.site, ablation_scope=args.ablation_scope, batch_size=args.batch_size,
                  extra_forms=forms_file(args), progress=not args.no_progress)
+    if r.get("rank", 0) != 0:  # data parallel: rank 0 reports
+        return 0
     t = r["heads"]
     for follow, g in t.groupby("follow"):
         top = ", ".join(f"L{a}H{b}" for a, b in zip(g["layer"][:10], g["head"][:10]))
@@ -164,6 +166,8 @@ def cmd_sweep(args) -> int:
                           capability_tasks=[t for t in args.capability_tasks.split(",") if t], limit=args.limit,
                           batch_size=args.batch_size, name=args.name, engine=args.engine, mfr_task=args.mfr_task)
     r = run_sweep(cfg, args.output_dir, progress=not args.no_progress)
+    if r.get("rank", 0) != 0:  # data parallel: rank 0 reports
+        return 0
     from mf_harness.runs.leaderboard import render_markdown, specificity_tables, write_leaderboard
 
     written = write_leaderboard(r["records"], Path(args.output_dir) / cfg.name)
@@ -187,6 +191,8 @@ def cmd_score(args) -> int:
                   capability_tasks=tasks, seeds=args.seeds, controls=[c for c in args.controls.split(",") if c],
                   limit=args.limit, batch_size=args.batch_size, engine=args.engine, mfr_task=args.mfr_task,
                   progress=not args.no_progress)
+    if r.get("rank", 0) != 0:  # data parallel: rank 0 reports
+        return 0
     print((r["out"] / "score.md").read_text())
     print(f"{len(r['sets'])} head set(s) in {r['wall_s']:.1f}s")
     for s in r["sets"]:

@@ -114,3 +114,67 @@ def test_device_map_sharding_gives_the_same_numbers(ckpt):
         got[name] = (lm.generate_until([gen]), lm.loglikelihood([ll]))
     assert got["auto"] == got["plain"] and got["disk"] == got["plain"]
     assert got["clean"][1] != got["plain"][1]  # the spec was applied in all three
+
+
+def _sweep(prefix, out: Path, rankings: Path, env=ENV):
+    args = ["-m", "mf_harness.cli", "sweep", "--model-args", "pretrained=embedded", "--rankings", str(rankings),
+            "--k", "2", "--seeds", "2", "--controls", "random_any", "--follows", "text", "--limit", "7",
+            "--capability-tasks", "mf_shapes_image,mf_mmlu_fixture", "--output-dir", str(out), "--no-progress"]
+    return subprocess.run([*prefix, *args], env=env, capture_output=True, text=True, timeout=900, cwd=out.parent)
+
+
+def test_two_cpu_processes_sweep_to_the_records_of_one(tmp_path):
+    """`mf-harness sweep` under accelerate (2 CPU processes): the fast engine shards the samples over the ranks
+    (each rank's answers in its own log), lmms-eval shards the loglikelihood task, rank 0 merges; the records
+    equal one process's."""
+    from mf_harness.runs.records import read_records
+
+    rankings = tmp_path / "heads.csv"
+    rankings.write_text("follow,layer,head,rank\ntext,0,1,1\ntext,0,6,2\n")
+    one = _sweep([str(BIN / "python")], tmp_path / "one", rankings)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_port())]
+    two = _sweep(launch, tmp_path / "two", rankings, env=dict(ENV, ACCELERATE_USE_CPU="true"))
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    logs = sorted(p.name for p in (tmp_path / "two" / "fast").glob("*.jsonl"))
+    assert logs == ["mf_shapes_image.rank0of2.jsonl", "mf_shapes_image.rank1of2.jsonl", "mfr_text.rank0of2.jsonl",
+                    "mfr_text.rank1of2.jsonl"]
+    docs = lambda p: sorted(json.loads(x)["doc_id"] for x in p.read_text().splitlines())  # noqa: E731
+    assert docs(tmp_path / "two" / "fast" / "mfr_text.rank1of2.jsonl") == [1, 3, 5]
+    strip = lambda rs: [{k: v for k, v in r.to_dict().items() if k not in ("created", "git")} for r in rs]  # noqa: E731
+    a, b = read_records(tmp_path / "one" / "records.jsonl")[1], read_records(tmp_path / "two" / "records.jsonl")[1]
+    assert len(a) == len(b) > 0
+    for x, y in zip(strip(a), strip(b)):
+        if x["task"] == "mf_mmlu_fixture":  # loglikelihoods batch with other neighbours per rank
+            assert x["value"] == pytest.approx(y["value"], abs=1e-6), (x, y)
+            x, y = {**x, "value": None, "stderr": None, "ci_low": None, "ci_high": None}, \
+                {**y, "value": None, "stderr": None, "ci_low": None, "ci_high": None}
+        assert x == y
+    assert {r.task for r in b} >= {"mfr_text", "mf_shapes_image", "mf_mmlu_fixture"}
+
+
+def test_two_cpu_processes_discover_the_ranking_of_one(tmp_path):
+    """`mf-harness discover` under accelerate (2 CPU processes): samples sharded, each rank's rows in its own
+    file, rank 0 merges; the heads table equals one process's (float tolerance: batches differ)."""
+    import pandas as pd
+
+    def discover(prefix, out, env=ENV):
+        args = ["-m", "mf_harness.cli", "discover", "--model-args", "pretrained=embedded", "--tasks",
+                "mfr_dev_text,mfr_dev_vision", "--limit", "7", "--method", "ablation", "--k", "4",
+                "--output-dir", str(out), "--no-progress"]
+        return subprocess.run([*prefix, *args], env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+
+    one = discover([str(BIN / "python")], tmp_path / "one")
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_port())]
+    two = discover(launch, tmp_path / "two", env=dict(ENV, ACCELERATE_USE_CPU="true"))
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two" / "ranks").iterdir()) == ["rank0of2.json", "rank1of2.json"]
+    assert two.stdout.count("text-following top heads") == 1  # rank 0 reports
+    a, b = pd.read_csv(tmp_path / "one" / "heads.csv"), pd.read_csv(tmp_path / "two" / "heads.csv")
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) == 64
+    assert (a[["follow", "layer", "head", "n"]].values == b[["follow", "layer", "head", "n"]].values).all()
+    for col in ("dla_mean", "ablation_mean", "ablation_std"):
+        assert a[col].values == pytest.approx(b[col].values, abs=1e-4), col

@@ -150,23 +150,39 @@ def discover(model_args: str, out: Path, tasks=("mfr_text", "mfr_vision"), limit
         raise MfHarnessError(f"method must be dla, ablation, both or atp; got {method!r}")
     out.mkdir(parents=True, exist_ok=True)
     lm, samples, args = load_lm_and_samples(model_args, tasks, limit, extra_forms)
-    r = lens_and_attribution(lm, samples, k=topk_tokens, batch_size=batch_size, readout_layer=readout_layer,
-                             progress=progress)
+
+    def measure(ss) -> dict[str, list[dict]]:
+        from mf_harness.analysis.attribution import attribution_patching
+
+        r = lens_and_attribution(lm, ss, k=topk_tokens, batch_size=batch_size, readout_layer=readout_layer,
+                                 progress=progress)
+        rows = {"heads": r["heads"], "layers": r["layers"]}
+        if method == "atp":
+            rows["atp"] = attribution_patching(lm, ss, scope=ablation_scope, batch_size=batch_size,
+                                               progress=progress)
+        if method in ("ablation", "both", "atp"):
+            rows["ablation"] = ablation_effects(lm, ss, scope=ablation_scope, batch_size=batch_size,
+                                                progress=progress)
+        return rows
+
+    from mf_harness.analysis.shards import sharded
+
+    r = sharded(lm, samples, out, measure, dict(tasks=list(tasks), limit=limit, topk_tokens=topk_tokens,
+                                                 method=method, ablation_scope=ablation_scope,
+                                                 readout_layer=readout_layer, batch_size=batch_size))
+    if r is None:  # data parallel: a rank other than 0 measured its share; rank 0 writes
+        return {"rank": lm.rank, "out": out}
     heads = pd.DataFrame(r["heads"])
     agg = (heads.groupby(["follow", "site", "layer", "head"]).contribution.agg(["mean", "std", "count"])
            .reset_index().rename(columns={"mean": "dla_mean", "std": "dla_std", "count": "n"}))
     table = agg[agg.site == site].drop(columns="site").copy()
     if method == "atp":
-        from mf_harness.analysis.attribution import attribution_patching
-
-        at = pd.DataFrame(attribution_patching(lm, samples, scope=ablation_scope, batch_size=batch_size,
-                                               progress=progress))
+        at = pd.DataFrame(r["atp"])
         atg = (at.groupby(["follow", "layer", "head"]).effect.agg(["mean", "std"]).reset_index()
                .rename(columns={"mean": "atp_mean", "std": "atp_std"}))
         table = table.merge(atg, on=["follow", "layer", "head"], how="left")
     if method in ("ablation", "both", "atp"):
-        ab = pd.DataFrame(ablation_effects(lm, samples, scope=ablation_scope, batch_size=batch_size,
-                                           progress=progress))
+        ab = pd.DataFrame(r["ablation"])
         abg = (ab.groupby(["follow", "layer", "head"]).effect.agg(["mean", "std"]).reset_index()
                .rename(columns={"mean": "ablation_mean", "std": "ablation_std"}))
         table = table.merge(abg, on=["follow", "layer", "head"], how="left")

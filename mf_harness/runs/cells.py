@@ -30,6 +30,8 @@ def run_cell(lm, cell: Cell, cfg: SweepConfig, out: Path, task_manager, run_id: 
     res = evaluator.simple_evaluate(model=view, model_args=margs, tasks=list(cell.tasks), batch_size=cfg.batch_size,
                                     limit=cfg.limit, task_manager=task_manager, log_samples=True,
                                     evaluation_tracker=tracker, verbosity="ERROR", datetime_str=stamp)
+    if res is None:  # a rank other than 0 under data parallel: lmms-eval gathered its share to rank 0
+        return None
     samples = res.pop("samples")
     tracker.save_results_aggregated(results=res, samples=samples, datetime_str=stamp)
     for t in res["configs"]:
@@ -54,17 +56,41 @@ def run_cell(lm, cell: Cell, cfg: SweepConfig, out: Path, task_manager, run_id: 
     return {"cell_id": cell.cell_id, "meta": cell.meta(), "tasks": tasks}
 
 
-def run_fast(lm, cells: list[Cell], cfg: SweepConfig, out: Path, progress: bool) -> dict[str, dict]:
-    """MFR tasks of all ``cells`` in one pass per sample; returns {cell_id: {task: task result}}."""
+def _read_logs(paths, answers: dict[str, dict[int, str]]) -> None:
+    """Add the answers of per-sample logs (any rank's, any world size's) to ``answers`` {cell_id: {doc: answer}}."""
+    for path in paths:
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            for cid, a in rec["answers"].items():
+                if cid in answers:
+                    answers[cid][rec["doc_id"]] = a
+
+
+def _logs(out: Path, task: str) -> list[Path]:
+    return sorted((out / "fast").glob(f"{task}.jsonl")) + sorted((out / "fast").glob(f"{task}.rank*.jsonl"))
+
+
+def run_fast(lm, cells: list[Cell], cfg: SweepConfig, out: Path, progress: bool) -> dict[str, dict] | None:
+    """The generate tasks of all ``cells``, every spec of a sample in one pass; returns {cell_id: {task: result}}.
+
+    Data parallel (``lm.world_size`` > 1, under ``accelerate launch`` / ``torchrun``): rank r answers the docs
+    i with i % world == r into its own log (``fast/<task>.rank<r>of<world>.jsonl``), all ranks meet, and rank 0
+    merges the logs, scores and writes; other ranks return None. Every log on disk counts on a rerun, whatever
+    world size wrote it, so a killed run resumes per rank (and under another world size)."""
     from lmms_eval.utils import get_datetime_str
     from tqdm import tqdm
 
     from mf_harness.analysis.samples import load_task_docs
+    from mf_harness.errors import MfHarnessError
     from mf_harness.lmms.fast_engine import MultiSpecRunner
 
+    rank, world = lm.rank, lm.world_size
     runner = MultiSpecRunner(lm, max_rows=max(8, cfg.batch_size * 4))
     (out / "fast").mkdir(exist_ok=True)
-    results: dict[str, dict] = {c.cell_id: {} for c in cells}
+    loaded = {}
     for task in sorted({t for c in cells for t in c.tasks}):
         tcells = [c for c in cells if task in c.tasks]
         if task in cfg.mfr_tasks():
@@ -74,23 +100,19 @@ def run_fast(lm, cells: list[Cell], cfg: SweepConfig, out: Path, progress: bool)
             if found is None:
                 continue
             task_obj, docs = found
-        log = out / "fast" / f"{task}.jsonl"
+        loaded[task] = (task_obj, docs, tcells)
+        log = out / "fast" / (f"{task}.jsonl" if world == 1 else f"{task}.rank{rank}of{world}.jsonl")
         answers: dict[str, dict[int, str]] = {c.cell_id: {} for c in tcells}
-        if log.exists():
-            for line in log.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                for cid, a in rec["answers"].items():
-                    if cid in answers:
-                        answers[cid][rec["doc_id"]] = a
+        _read_logs(_logs(out, task), answers)
         gen_kwargs = dict(task_obj.config.generation_kwargs or {})
+        mine = [i for i in range(len(docs)) if i % world == rank]
         with log.open("a") as f:
-            for i, doc in enumerate(tqdm(docs, desc=f"{task}: {len(tcells)} specs per sample", disable=not progress)):
+            for i in tqdm(mine, desc=f"{task}: {len(tcells)} specs per sample" + (f" (rank {rank}/{world})" if world > 1
+                          else ""), disable=not progress or rank != 0):
                 todo = [c for c in tcells if i not in answers[c.cell_id]]
                 if not todo:
                     continue
+                doc = docs[i]
                 label = f"{task} doc {i}"
                 images = lm.visuals(task_obj.doc_to_visual, doc, label)
                 outs = runner.generate(task_obj.doc_to_text(doc), images, doc, [c.spec for c in todo], gen_kwargs,
@@ -99,6 +121,19 @@ def run_fast(lm, cells: list[Cell], cfg: SweepConfig, out: Path, progress: bool)
                     answers[c.cell_id][i] = a
                 f.write(json.dumps({"doc_id": i, "answers": {c.cell_id: a for c, a in zip(todo, outs)}}) + "\n")
                 f.flush()
+    if world > 1:
+        lm.accelerator.wait_for_everyone()
+        if rank != 0:
+            return None
+    results: dict[str, dict] = {c.cell_id: {} for c in cells}
+    for task, (task_obj, docs, tcells) in loaded.items():
+        answers = {c.cell_id: {} for c in tcells}
+        _read_logs(_logs(out, task), answers)
+        for c in tcells:
+            missing = [i for i in range(len(docs)) if i not in answers[c.cell_id]]
+            if missing:
+                raise MfHarnessError(f"{task}: no answer for {len(missing)} docs of cell {c.cell_id} (first: doc "
+                                     f"{missing[0]}) in {out / 'fast'}; a rank stopped early? rerun to resume")
         stamp = get_datetime_str()
         for c in tcells:
             per_sample, metrics, stderr = score_answers(task_obj, docs, answers[c.cell_id])

@@ -96,8 +96,12 @@ def run_score(specs: Sequence[InterventionSpec], out: str | Path, *, model_args:
     sets = []
     for name, spec, cfg in configs:
         r = run_sweep(cfg, out / "sets" / name, progress=progress, lm=lm)
+        if r.get("rank", 0) != 0:  # data parallel: rank 0 writes cards, tables and records
+            continue
         atomic_write_text(out / "sets" / name / "card.md", set_card(name, spec, r["records"], model_args))
         sets.append({"name": name, "spec": spec, "out": out / "sets" / name, "records": r["records"]})
+    if lm.rank != 0:
+        return {"sets": [], "records": [], "rows": [], "wall_s": time.time() - t0, "out": out, "rank": lm.rank}
     combined, seen = [], set()
     for s in sets:
         for rec in s["records"]:

@@ -296,6 +296,13 @@ def plan_cells(cfg: SweepConfig, rankings: dict[str, list[Head]], num_layers: in
     return cells
 
 
+def _generate_tasks(cfg: SweepConfig, tasks) -> set[str]:
+    """The tasks the fast engine answers (MFR, and single generate_until capability tasks)."""
+    from mf_harness.runs.cells import generate_task
+
+    return {t for t in tasks if t in cfg.mfr_tasks() or generate_task(t, 1) is not None}
+
+
 def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True, lm=None) -> dict:
     """Run (or resume) ``cfg`` into ``out``; returns {records, cells_run, cells_skipped, forwards, wall_s}.
 
@@ -342,31 +349,50 @@ def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True, lm=None)
         rankings = load_rankings(cfg.rankings)
     cells = plan_cells(cfg, rankings, lm.geometry.num_layers, lm.geometry.num_heads)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    if manifest is None:
+    rank, world = lm.rank, lm.world_size  # data parallel: see `mf_harness.runs.cells.run_fast`
+    if manifest is None and rank == 0:
         manifest = {"config": cfg.to_dict(),
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "git": git_hash(), "versions": package_versions()}
         atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    if world > 1:
+        if cfg.engine != "fast":
+            raise MfHarnessError("data parallel sweeps use the fast engine (--engine fast); under --engine lmms run "
+                                 "lmms-eval itself under accelerate")
+        pending_all = [c.cell_id for c in cells if not (out / "cells" / f"{c.cell_id}.json").exists()]
+        lm.accelerator.wait_for_everyone()  # every rank has seen the same cells on disk, and rank 0's manifest
     counter = {"forwards": 0}
     handle = lm.model.register_forward_pre_hook(lambda m, a: counter.__setitem__("forwards", counter["forwards"] + 1))
     tm = TaskManager("ERROR")
     t0 = time.time()
     ran = skipped = 0
     try:
-        pending = [c for c in cells if not (out / "cells" / f"{c.cell_id}.json").exists()]
+        pending = [c for c in cells if not (out / "cells" / f"{c.cell_id}.json").exists()] if world == 1 else \
+            [c for c in cells if c.cell_id in pending_all]
         skipped = len(cells) - len(pending)
         fast = run_fast(lm, pending, cfg, out, progress) if cfg.engine == "fast" and pending else {}
+        # what the fast engine answered; ranks other than 0 know it without its results
+        fast_names = _generate_tasks(cfg, {t for c in pending for t in c.tasks}) if world > 1 else None
         for cell in tqdm(pending, desc=f"sweep {cfg.name}", disable=not progress or cfg.engine == "fast"):
-            rest = [t for t in cell.tasks if cfg.engine == "lmms" or t not in fast.get(cell.cell_id, {})]
-            tasks = dict(fast.get(cell.cell_id, {}))
+            # every rank takes part in each lmms-eval run (it shards and gathers); rank 0 writes the cell
+            done = (fast or {}).get(cell.cell_id, {})
+            rest = [t for t in cell.tasks if cfg.engine == "lmms" or t not in (done if fast_names is None else
+                                                                                 fast_names)]
+            tasks = dict(done)
             if rest:
                 part = run_cell(lm, Cell(**{**cell.__dict__, "tasks": tuple(rest)}), cfg, out, tm, cell.cell_id)
-                tasks.update(part["tasks"])
+                if part is not None:
+                    tasks.update(part["tasks"])
+            if rank != 0:
+                continue
             result = {"cell_id": cell.cell_id, "meta": cell.meta(), "tasks": {t: tasks[t] for t in cell.tasks}}
             atomic_write_text(out / "cells" / f"{cell.cell_id}.json", json.dumps(result, sort_keys=True))
             ran += 1
     finally:
         handle.remove()
+    if rank != 0:
+        return {"records": [], "cells": len(cells), "cells_run": 0, "cells_skipped": skipped, "forwards": 0,
+                "wall_s": time.time() - t0, "out": out, "rank": rank}
     results = [json.loads((out / "cells" / f"{c.cell_id}.json").read_text()) for c in cells]
     records = build_records(results, manifest, lm)
     write_records(records, out / "records.jsonl", header=manifest)
