@@ -22,7 +22,6 @@ run; the naive figure beside each):
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peak import peak_mb  # noqa: E402  (bench/peak.py)
 
-REPS = int(os.environ.get("MF_BENCH_REPS", 2))
+REPS = int(os.environ.get("MF_BENCH_REPS", 3))
 NAIVE_HEADS = 16
 
 
@@ -98,7 +97,7 @@ def main() -> None:
     plain()  # warm-up
     runs = {name: [peak_mb(f) for _ in range(REPS)] for name, f in
             (("plain", plain), ("shared", shared), ("naive", naive), ("atp", atp), ("plain2", plain))}
-    t = {k: statistics.median(dt for dt, _ in v) for k, v in runs.items()}
+    t = {k: min(dt for dt, _ in v) for k, v in runs.items()}  # the least disturbed run of each (shared machine)
     mem = {k: max(mb for _, mb in v) for k, v in runs.items()}
     t_plain = min(t["plain"], t["plain2"])
     # every head's row recomputes the suffix from its own layer on: sum over layers of (L - l) / L layer-passes

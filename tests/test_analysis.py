@@ -310,9 +310,15 @@ def test_attribution_patching_is_the_first_order_effect_of_zeroing_a_head():
     lm = IntervenedHF(pretrained="embedded")
     t, docs = load_task_docs("mfr_text", limit=6)
     samples = prepare_samples(lm, t, docs)
-    with torch.enable_grad():
-        rows = attribution_patching(lm, samples, scope="instruction", batch_size=4, progress=False)
+    rows = attribution_patching(lm, samples, scope="instruction", batch_size=4, progress=False)
     assert all(p.grad is None for p in lm.model.parameters())  # no weight gradients were kept
+    # the prefix-shared path (suffix-only backward) and whole left-padded batches give the same estimates
+    whole = attribution_patching(lm, samples, scope="instruction", batch_size=4, progress=False, share_prefix=False)
+    key = lambda r: (r["sample_id"], r["layer"], r["head"])  # noqa: E731
+    want = {key(r): r["effect"] for r in whole}
+    assert len(want) == len(rows) == 6 * 32
+    for r in rows:
+        assert r["effect"] == pytest.approx(want[key(r)], rel=1e-3, abs=1e-4), key(r)
     eps = 1e-3
     clean = final_margins(lm, samples)
     for head in (Head(0, 2), Head(2, 5)):

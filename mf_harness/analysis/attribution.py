@@ -123,52 +123,104 @@ def prefix_shared_ablation(lm, samples: Sequence[Sample], scope: str, heads: Seq
     return rows
 
 
-def attribution_patching(lm, samples: Sequence[Sample], scope: str = "instruction", batch_size: int = 8,
-                         progress: bool = True) -> list[dict]:
-    """First-order effect of zeroing each head at ``scope`` (see the module doc): rows as `ablation_effects`."""
+class _Grads:
+    """Inside the block: gradients flow from the token embeddings on (none into the weights), and every
+    ``o_proj`` input keeps its gradient in ``z``."""
+
+    def __init__(self, model, num_layers: int):
+        self.model, self.z = model, [None] * num_layers
+
+    def __enter__(self):
+        def keep(i):
+            def pre(module, args):
+                args[0].retain_grad()  # the graph runs from the embeddings on: every path to the margin counts
+                self.z[i] = args[0]
+            return pre
+
+        def leaf(module, args, out):
+            return out.detach().requires_grad_(True)
+
+        self.params = [(q, q.requires_grad) for q in self.model.parameters()]
+        for q, _ in self.params:
+            q.requires_grad_(False)
+        self.handles = [self.model.get_input_embeddings().register_forward_hook(leaf)]
+        self.handles += [o.register_forward_pre_hook(keep(i)) for i, o in enumerate(resolve(self.model)[3])]
+        self.grad = torch.enable_grad()
+        self.grad.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.grad.__exit__(*exc)
+        for h in self.handles:
+            h.remove()
+        for q, flag in self.params:
+            q.requires_grad_(flag)
+
+
+def _atp_prefix_shared(lm, s: Sample, scope: str) -> torch.Tensor | None:
+    """[layers, heads] AtP of one sample with the prefix before the scope run once without gradients (nothing
+    before the scope lies on a path from a scope position to the margin), or None where that cannot apply."""
+    from transformers import DynamicCache
+
+    if scope not in SCOPE_SETS or not lm.row.rope_3d:
+        return None
     model = lm.model
     geo = geometry(model)
-    oprojs = resolve(model)[3]
+    enc = lm.codec.encode([s.rendered], [s.images])
+    scope_pos = s.token_sets[SCOPE_SETS[scope]]
+    p = min(scope_pos)
+    if p <= lm.codec.last_image_position(enc["input_ids"][0]):
+        return None
+    enc = enc.to(lm.device)
+    per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
+    with torch.no_grad():  # not inference mode: the cache feeds the graph below
+        if hasattr(model.model, "rope_deltas"):
+            model.model.rope_deltas = None
+        pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
+        cache = output_cache(model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)}, use_cache=True))
+    suffix = {k: v[:, p:] for k, v in enc.items() if k in per_token and k != "attention_mask"}
+    with _Grads(model, geo.num_layers) as g:
+        out = model(**suffix, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
+        _margin(out.logits[0, -1].float(), s).backward()
+        rel = torch.tensor([q - p for q in scope_pos])
+    return torch.stack([(x.grad[0, rel] * x[0, rel]).detach().float().view(len(rel), geo.num_heads, geo.head_dim)
+                        .sum(dim=(0, 2)).cpu() for x in g.z])
+
+
+def attribution_patching(lm, samples: Sequence[Sample], scope: str = "instruction", batch_size: int = 8,
+                         progress: bool = True, share_prefix: bool = True) -> list[dict]:
+    """First-order effect of zeroing each head at ``scope`` (see the module doc): rows as `ablation_effects`.
+
+    Where the fast engine's prefix sharing applies, per sample the prefix before the scope runs once without
+    gradients and the forward and backward cover the suffix only; elsewhere batches of whole prompts."""
+    model = lm.model
+    geo = geometry(model)
     key = SCOPE_SETS.get(scope)
     rows: list[dict] = []
-    batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-    for batch in tqdm(batches, desc=f"attribution patching at {scope}", disable=not progress):
+    rest = []
+    for s in tqdm(samples, desc=f"attribution patching at {scope}", disable=not progress):
+        eff = _atp_prefix_shared(lm, s, scope) if share_prefix else None
+        if eff is None:
+            rest.append(s)
+            continue
+        for layer in range(geo.num_layers):
+            for h in range(geo.num_heads):
+                rows.append(dict(sample_id=s.sample_id, follow=s.follow, layer=layer, head=h,
+                                 effect=float(eff[layer, h])))
+    batches = [rest[i:i + batch_size] for i in range(0, len(rest), batch_size)]
+    for batch in batches:
         enc, offsets = encode_samples(lm, batch)
         S = enc["input_ids"].shape[1]
         mask = torch.zeros(len(batch), S, dtype=torch.bool)
         for b, (s, o) in enumerate(zip(batch, offsets)):
             pos = s.token_sets[key] if key else list(range(s.length))
             mask[b, [o + q for q in pos]] = True
-        z: list[torch.Tensor | None] = [None] * geo.num_layers
-        handles = []
-
-        def keep(i):
-            def pre(module, args):
-                args[0].retain_grad()  # the graph runs from the embeddings on: every path to the margin counts
-                z[i] = args[0]
-            return pre
-
-        def leaf(module, args, out):  # gradients from the token embeddings on, none into the weights
-            return out.detach().requires_grad_(True)
-
-        params = [(q, q.requires_grad) for q in model.parameters()]
-        handles.append(model.get_input_embeddings().register_forward_hook(leaf))
-        for i, o in enumerate(oprojs):
-            handles.append(o.register_forward_pre_hook(keep(i)))
         device = next(model.parameters()).device
         feed = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in enc.items()}
-        try:
-            for q, _ in params:
-                q.requires_grad_(False)
-            with torch.enable_grad():
-                logits = model(**feed).logits[:, -1].float()
-                total = sum(_margin(logits[b], s) for b, s in enumerate(batch))
-                total.backward()
-        finally:
-            for h in handles:
-                h.remove()
-            for q, flag in params:
-                q.requires_grad_(flag)
+        with _Grads(model, geo.num_layers) as g:
+            logits = model(**feed, logits_to_keep=1).logits[:, -1].float()
+            sum(_margin(logits[b], s) for b, s in enumerate(batch)).backward()
+        z = g.z
         m = mask.to(device)[..., None].float()
         for layer in range(geo.num_layers):
             x = z[layer]
