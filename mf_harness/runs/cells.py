@@ -149,7 +149,7 @@ def generate_task(task: str, limit: int | None):
     from lmms_eval.tasks import TaskManager, get_task_dict
 
     tm = TaskManager("ERROR")
-    if task not in tm.all_tasks or tm._name_is_group(task):
+    if task not in tm.all_subtasks:  # a task, not a group or tag
         return None
     obj = get_task_dict([task], tm).get(task)
     if obj is None or getattr(obj, "OUTPUT_TYPE", None) != "generate_until":
