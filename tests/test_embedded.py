@@ -156,10 +156,17 @@ def test_targeted_heads_at_the_instruction_tokens_beat_random_heads(record):
 
 
 def test_single_head_ablation_ranking_is_reproduced(harness, record):
-    """The harness's ranking on the card's rows gives the card's top heads."""
+    """The card's top heads (ranked by the prefix-shared ablation) are what one full forward per head gives on
+    the card's rows (the other implementation of the same measure)."""
+    from mf_harness.analysis.measures import ablation_effects
+
     ev = record["evaluation"]
     rows = synth.heldout_rows(ev["ranking_seed"], ev["ranking_rows"], follow="text")
-    eff = T.head_effects(harness, T.samples_for(harness, "text", rows), "instruction")
+    per_head = ablation_effects(harness, T.samples_for(harness, "text", rows), scope="instruction", batch_size=32,
+                                progress=False, share_prefix=False)
+    eff = torch.zeros(ev["heads"])
+    for r in per_head:
+        eff[r["layer"], r["head"]] += r["effect"] / ev["ranking_rows"]
     h = next(h for h in ev["headlines"] if h["follow"] == "text" and h["scope"] == "instruction")
     assert [f"L{l}H{k}" for l, k in T.top_heads(eff, h["k"])] == sorted(
         h["heads"], key=lambda s: InterventionSpec(block=[s]).block[0])
