@@ -229,7 +229,7 @@ def test_spice_runs_pycocoevalcaps_code_from_our_folder_and_a_failure_is_one_lin
 
 def test_flickr_tokeniser_guard_keeps_captions_on_their_images():
     items = _flickr_items(["a red circle\rand a blue square", "one green\u2028ball", "a\x0bb"])
-    memo = flickr._split_memo(items)
+    memo = flickr.tokenized_split(items)
     assert memo["res"] == {0: ["a red circle and a blue square"], 1: ["one green ball"], 2: ["a b"]}
 
 

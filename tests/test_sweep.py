@@ -334,12 +334,14 @@ def test_sweep_on_another_mfr_task_family(tmp_path, rankings):
     assert bad.returncode == 2 and "mfr_task must name an MFR task family" in bad.stderr
 
 
-def test_random_controls_pool_capability_metrics_over_seeds():
-    def with_cap(res, acc):
-        res["tasks"]["cap"] = {"metrics": {"acc": acc}, "stderr": {"acc": 0.01}, "n": 10,
-                               "samples": {str(i): {"acc": float(i < acc * 10)} for i in range(10)}}
-        return res
+def with_cap(res, acc):
+    """A result with a capability task "cap" of 10 samples whose accuracy is ``acc``."""
+    res["tasks"]["cap"] = {"metrics": {"acc": acc}, "stderr": {"acc": 0.01}, "n": 10,
+                           "samples": {str(i): {"acc": float(i < round(acc * 10))} for i in range(10)}}
+    return res
 
+
+def test_random_controls_pool_capability_metrics_over_seeds():
     results = [
         with_cap(_result(_meta("original"), [1, 1, 1, 1]), 0.8),
         with_cap(_result(_meta("targeted", 2), [0, 0, 1, 0]), 0.7),
@@ -376,11 +378,6 @@ def test_card_intervals_against_hand_computations():
 def test_specificity_records_by_hand():
     """Specificity = |MFR change| x100 on the protocol subset - mean |capability change| x100, per head set; a
     random control pooled per sample over its seeds, with the seeds' spread."""
-    def with_cap(res, acc):
-        res["tasks"]["cap"] = {"metrics": {"acc": acc}, "stderr": {"acc": 0.01}, "n": 10,
-                               "samples": {str(i): {"acc": float(i < round(acc * 10))} for i in range(10)}}
-        return res
-
     results = [
         with_cap(_result(_meta("original"), [1, 1, 1, 1]), 0.8),
         with_cap(_result(_meta("targeted", 2), [0, 0, 1, 0]), 0.7),

@@ -78,6 +78,7 @@ __all__ = [
     "process_results",
     "process_results_ppl",
     "caption_score",
+    "tokenized_split",
     "corenlp_jars",
     "spice_score",
 ]
@@ -159,7 +160,7 @@ def _one_line(text: str) -> str:
 _MEMO: dict[str, dict[str, Any]] = {}
 
 
-def _split_memo(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def tokenized_split(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per-split memo: the PTB-tokenised (gts, res), keyed by item position, and scores computed so far.
 
     lmms-eval calls one aggregation per metric on the same items; tokenising (a Java
@@ -183,7 +184,7 @@ def caption_score(items: Sequence[Mapping[str, Any]], metric: str) -> float:
         raise MfHarnessError(f"unknown caption metric {metric!r}; one of {', '.join(METRICS)}")
     if not items:
         return math.nan
-    memo = _split_memo(items)
+    memo = tokenized_split(items)
     scores, gts, res = memo["scores"], memo["gts"], memo["res"]
     if metric in scores:
         return scores[metric]

@@ -39,9 +39,7 @@ colours) with its own seed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
-import json
 import math
 import os
 import random
@@ -228,27 +226,20 @@ def process_results_caption(doc: Mapping[str, Any], results: Sequence[str]) -> d
                              "answer": [str(c) for c in doc["captions"]]}}
 
 
-_CIDER_MEMO: dict[str, list[float]] = {}
-
-
 def per_image_cider(items: Sequence[Mapping[str, Any]]) -> list[float]:
-    """pycocoevalcap's per-image CIDEr of each item (PTB-tokenised); their mean is the corpus CIDEr."""
+    """pycocoevalcap's per-image CIDEr of each item (PTB-tokenised once per split, as the Flickr30k task does:
+    `mf_harness.tasks.capability.flickr.tokenized_split`); their mean is the corpus CIDEr."""
     if not items:
         return []
-    key = hashlib.sha256(json.dumps([[i["image_id"], i["pred"], list(i["answer"])] for i in items],
-                                    default=str).encode()).hexdigest()
-    if key not in _CIDER_MEMO:
-        from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    from pycocoevalcap.cider.cider import Cider
 
-        one = lambda t: " ".join(str(t).splitlines())  # noqa: E731 - PTBTokenizer splits captions at line breaks
-        tok = PTBTokenizer()
-        gts = tok.tokenize({k: [{"caption": one(a)} for a in it["answer"]] for k, it in enumerate(items)})
-        res = tok.tokenize({k: [{"caption": one(it["pred"])}] for k, it in enumerate(items)})
-        _, scores = Cider().compute_score(gts, res)
-        _CIDER_MEMO.clear()
-        _CIDER_MEMO[key] = [float(s) for s in scores]  # in item order (gts keys inserted 0..n-1)
-    return list(_CIDER_MEMO[key])
+    from mf_harness.tasks.capability.flickr import tokenized_split
+
+    memo = tokenized_split(items)
+    if "cider_per_image" not in memo:
+        _, scores = Cider().compute_score(memo["gts"], memo["res"])
+        memo["cider_per_image"] = [float(x) for x in scores]  # in item order (gts keys inserted 0..n-1)
+    return list(memo["cider_per_image"])
 
 
 def aggregate_cider(items: Sequence[Mapping[str, Any]]) -> float:
