@@ -341,7 +341,8 @@ def with_cap(res, acc):
     return res
 
 
-def test_random_controls_pool_capability_metrics_over_seeds():
+def _cap_records():
+    """Original, targeted and two random seeds, each with MFR on 4 samples and capability accuracy on 10."""
     results = [
         with_cap(_result(_meta("original"), [1, 1, 1, 1]), 0.8),
         with_cap(_result(_meta("targeted", 2), [0, 0, 1, 0]), 0.7),
@@ -350,7 +351,11 @@ def test_random_controls_pool_capability_metrics_over_seeds():
     ]
     manifest = {"config": SweepConfig(model_args="pretrained=m1").to_dict(), "created": "2026-01-01T00:00:00+00:00",
                 "versions": {}, "git": None}
-    recs = build_records(results, manifest)
+    return build_records(results, manifest)
+
+
+def test_random_controls_pool_capability_metrics_over_seeds():
+    recs = _cap_records()
     (pooled,) = [r for r in recs if r.head_set == "random" and r.seed is None and r.task == "cap"]
     assert pooled.value == pytest.approx(0.75) and pooled.n_seeds == 2
     assert pooled.seed_sd == pytest.approx(np.std([0.6, 0.9], ddof=1))
@@ -378,15 +383,7 @@ def test_card_intervals_against_hand_computations():
 def test_specificity_records_by_hand():
     """Specificity = |MFR change| x100 on the protocol subset - mean |capability change| x100, per head set; a
     random control pooled per sample over its seeds, with the seeds' spread."""
-    results = [
-        with_cap(_result(_meta("original"), [1, 1, 1, 1]), 0.8),
-        with_cap(_result(_meta("targeted", 2), [0, 0, 1, 0]), 0.7),
-        with_cap(_result(_meta("random", 2, 0), [1, 1, 1, 0]), 0.6),
-        with_cap(_result(_meta("random", 2, 1), [1, 1, 1, 1]), 0.9),
-    ]
-    manifest = {"config": SweepConfig(model_args="pretrained=m1").to_dict(), "created": "2026-01-01T00:00:00+00:00",
-                "versions": {}, "git": None}
-    recs = build_records(results, manifest)
+    recs = _cap_records()
     spec = {(r.head_set, r.seed): r for r in recs if r.metric == "specificity"}
     assert set(spec) == {("targeted", None), ("random", 0), ("random", 1), ("random", None)}
     t = spec[("targeted", None)]

@@ -355,20 +355,19 @@ def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True, lm=None)
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "git": git_hash(), "versions": package_versions()}
         atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    # every rank sees the same cells on disk: rank 0 writes cells only after all ranks have met (run_fast)
+    pending = [c for c in cells if not (out / "cells" / f"{c.cell_id}.json").exists()]
     if world > 1:
         if cfg.engine != "fast":
             raise MfHarnessError("data parallel sweeps use the fast engine (--engine fast); under --engine lmms run "
                                  "lmms-eval itself under accelerate")
-        pending_all = [c.cell_id for c in cells if not (out / "cells" / f"{c.cell_id}.json").exists()]
-        lm.accelerator.wait_for_everyone()  # every rank has seen the same cells on disk, and rank 0's manifest
+        lm.accelerator.wait_for_everyone()  # every rank has listed the cells on disk, and rank 0 wrote the manifest
     counter = {"forwards": 0}
     handle = lm.model.register_forward_pre_hook(lambda m, a: counter.__setitem__("forwards", counter["forwards"] + 1))
     tm = TaskManager("ERROR")
     t0 = time.time()
     ran = skipped = 0
     try:
-        pending = [c for c in cells if not (out / "cells" / f"{c.cell_id}.json").exists()] if world == 1 else \
-            [c for c in cells if c.cell_id in pending_all]
         skipped = len(cells) - len(pending)
         fast = run_fast(lm, pending, cfg, out, progress) if cfg.engine == "fast" and pending else {}
         # what the fast engine answered; ranks other than 0 know it without its results
