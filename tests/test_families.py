@@ -65,6 +65,13 @@ def wrappers(family_dirs):
     return get
 
 
+def _heads(lm, *names):
+    """Heads ``L{l}H{h}`` with ``l`` taken as the l-th layer that has heads (every layer, except in hybrid
+    decoders such as Qwen3.5)."""
+    hl = lm.geometry.head_layers
+    return [f"L{hl[int(n[1:n.index('H')]) % len(hl)]}H{n[n.index('H') + 1:]}" for n in names]
+
+
 def _gen(ctx=CTX, visual=IMAGE, n=6):
     return [Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1},
                      arguments=(c, {"max_new_tokens": n, "until": ["\n"]}, visual, i, "t", "test"))
@@ -95,8 +102,11 @@ SNAPSHOTS = {  # lmms-eval's layout for each family, rendered by the checkpoint'
     "qwen2_5_vl": _QWEN.format(img="<|vision_start|><|image_pad|><|vision_end|>"),
     "qwen2_vl": _QWEN.format(img="<|vision_start|><|image_pad|><|vision_end|>"),
     "qwen3_vl": _QWEN.format(img="<|vision_start|><|image_pad|><|vision_end|>"),
+    "qwen3_vl_moe": _QWEN.format(img="<|vision_start|><|image_pad|><|vision_end|>"),
+    "qwen3_5": _QWEN.format(img="<|vision_start|><|image_pad|><|vision_end|>") + "<think>\n",  # enable_thinking
     "internvl": "<|im_start|>user\n<IMG_CONTEXT>\n" + SNAPSHOT_USER + "<|im_end|>\n<|im_start|>assistant\n",
     "llava": "USER: <image>\n" + SNAPSHOT_USER + " ASSISTANT:",
+    "llava_next": "[INST] <image>\n" + SNAPSHOT_USER + " [/INST]",  # the tokenizer adds <s>
     "llava_onevision": "<|im_start|>user <image>\n" + SNAPSHOT_USER + "<|im_end|><|im_start|>assistant\n",
     "gemma3": ("<bos><start_of_turn>user\nYou are a helpful assistant.\n\n<start_of_image>" + SNAPSHOT_USER +
                "<end_of_turn>\n<start_of_turn>model\n"),
@@ -122,7 +132,8 @@ def test_prompt_snapshot_and_defaults_follow_upstream(wrappers, family):
     assert lm.model_name == row.alias
     _, layers, _, oprojs = resolve(lm.model)
     geo = geometry(lm.model)
-    assert len(layers) == geo.num_layers == 4 and oprojs[0].in_features == geo.num_heads * geo.head_dim
+    first = geo.head_layers[0]
+    assert len(layers) == geo.num_layers == 4 and oprojs[first].in_features == geo.num_heads * geo.head_dim
     # text-only: the same turn without the image
     rendered0, _ = lm.codec.render("Question: 2+2?", 0)
     assert row.prompt.image_token in rendered and row.prompt.image_token not in rendered0 and "Question: 2+2?" in rendered0
@@ -134,7 +145,7 @@ def test_prompt_snapshot_and_defaults_follow_upstream(wrappers, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_instruction_positions_decode_to_the_instruction(wrappers, family):
     lm = wrappers(family)
-    enc, plan = _batch(lm, InterventionSpec(block=["L0H0"], scope="instruction"))
+    enc, plan = _batch(lm, InterventionSpec(block=_heads(lm, "L0H0"), scope="instruction"))
     ids = enc["input_ids"]
     assert (enc["attention_mask"][:, 0] == 0).any(), "the batch should be left-padded"
     n_image = [int(torch.isin(ids[b], torch.tensor(sorted(lm.codec.image_token_ids))).sum()) for b in range(3)]
@@ -143,7 +154,7 @@ def test_instruction_positions_decode_to_the_instruction(wrappers, family):
         pos = plan.mask[b].nonzero().flatten()
         assert lm.tokenizer.decode(ids[b, pos]).strip() == DOCS[b]["instruction"], b
         assert (pos[1:] - pos[:-1] == 1).all()
-    enc, plan = _batch(lm, InterventionSpec(block=["L0H0"], scope="prompt_text"))
+    enc, plan = _batch(lm, InterventionSpec(block=_heads(lm, "L0H0"), scope="prompt_text"))
     pos = plan.mask[1].nonzero().flatten()
     assert lm.tokenizer.decode(ids[1, pos]).strip() == CTX[1].replace("<image>", "")
 
@@ -178,7 +189,8 @@ def test_hooks_are_exact(wrappers, family):
     enc, plan = _batch(lm, InterventionSpec(block=[(layer, head)], scope="instruction"))
     clean, z, out_clean = _forward(lm, enc)
     # coefficient 1 everywhere: bit-identical
-    every = InterventionSpec(amplify=[(l, h) for l in range(geo.num_layers) for h in range(geo.num_heads)],
+    assert layer in geo.head_layers
+    every = InterventionSpec(amplify=[(l, h) for l in geo.head_layers for h in range(geo.num_heads)],
                              coefficient=1.0000001)
     ones = HeadPlan.build([every] * 3, torch.ones_like(plan.mask), geo.num_layers, geo.num_heads)
     for c in ones.coef.values():
@@ -208,7 +220,8 @@ def test_hooks_are_exact(wrappers, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_generate_equals_single_rows(wrappers, family):
-    spec = InterventionSpec(block=["L0H0", "L1H1", "L2H2", "L3H3", "L3H0", "L2H1"], scope="instruction")
+    spec = InterventionSpec(block=_heads(wrappers(family), "L0H0", "L1H1", "L2H2", "L3H3", "L3H0", "L2H1"),
+                            scope="instruction")
     one, three = wrappers(family, 1, spec), wrappers(family, 3, spec)
     got1, got3 = one.generate_until(_gen()), three.generate_until(_gen())
     assert got1 == got3 and all(isinstance(a, str) for a in got1)
@@ -234,7 +247,7 @@ def _manual_loglikelihood(lm, ctx, images, cont):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_loglikelihood_batched_equals_single_and_manual(wrappers, family):
-    spec = InterventionSpec(block=["L0H1", "L2H3"], scope="instruction")
+    spec = InterventionSpec(block=_heads(wrappers(family), "L0H1", "L2H3"), scope="instruction")
     for s in (InterventionSpec(), spec):
         one, three = wrappers(family, 1, s), wrappers(family, 3, s)
         a, b = one.loglikelihood(_ll()), three.loglikelihood(_ll())
@@ -249,7 +262,7 @@ def test_loglikelihood_batched_equals_single_and_manual(wrappers, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_text_only_requests(wrappers, family):
     """MMLU/IFEval-style requests: no doc_to_visual, or one that returns []."""
-    spec = InterventionSpec(block=["L0H1", "L2H3"], scope="instruction")
+    spec = InterventionSpec(block=_heads(wrappers(family), "L0H1", "L2H3"), scope="instruction")
     one, two = wrappers(family, 1, spec), wrappers(family, 2, spec)
     for visual in (None, lambda d: []):
         assert one.generate_until(_gen(visual=visual)) == two.generate_until(_gen(visual=visual))
@@ -259,6 +272,29 @@ def test_text_only_requests(wrappers, family):
     assert not torch.isin(enc["input_ids"], torch.tensor(sorted(one.codec.placeholder_ids))).any()
     pos = plan.mask[0].nonzero().flatten()
     assert one.tokenizer.decode(enc["input_ids"][0, pos]).strip() == INSTR
+
+
+# ------------------------------------------------------------------ hybrid decoders (Qwen3.5)
+
+
+def test_hybrid_decoder_keeps_layer_indices_and_rejects_layers_without_heads(wrappers):
+    from mf_harness.core.spec import SpecError
+
+    lm = wrappers("qwen3_5")
+    geo = lm.geometry
+    assert (geo.num_layers, geo.head_layers, geo.total_heads) == (4, (1, 3), 2 * geo.num_heads)
+    _, layers, attns, oprojs = resolve(lm.model)
+    assert len(layers) == 4 and attns[0] is None and oprojs[2] is None and oprojs[3] is not None
+    for bad in (["L0H1"], ["L1H0", "L2H3"]):
+        with pytest.raises(SpecError, match=r"has no attention heads.*layers with heads are 1, 3"):
+            lm.with_spec(InterventionSpec(block=bad))
+    with pytest.raises(SpecError, match="layers with heads are 1, 3"):
+        IntervenedHF(pretrained=lm.pretrained, block="L2H0")
+    with pytest.raises(SpecError, match="layers with heads are 1, 3"):
+        with intervene(lm.model, HeadPlan.build([InterventionSpec(amplify=["L0H0"], coefficient=2)],
+                                                torch.ones(1, 3, dtype=torch.bool), 4, geo.num_heads)):
+            pass
+    assert active_handles() == 0
 
 
 # ------------------------------------------------------------------ the alignment behind the scopes

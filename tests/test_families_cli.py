@@ -7,6 +7,7 @@ lmms-eval's start-up once rather than once per family.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mf_harness.core.arch import ARCH, MODEL_NAMES
+from mf_harness.core.arch import ARCH, MODEL_NAMES, geometry
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
 FAMILIES = list(ARCH)
 SPEC = "block=L0H1+L2H3+L3H0,scope=instruction"
+
+
+def _spec(ckpt) -> str:
+    """SPEC with layer l read as the l-th layer that has heads (hybrid decoders such as Qwen3.5)."""
+    from transformers import AutoConfig
+
+    hl = geometry(AutoConfig.from_pretrained(ckpt)).head_layers
+    return re.sub(r"L(\d+)H", lambda m: f"L{hl[int(m.group(1)) % len(hl)]}H", SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +40,7 @@ def runs(tmp_path_factory):
     for i, family in enumerate(FAMILIES):
         ckpt = build_tiny_vlm(root / "ckpt" / family, TinyConfig(family=family, seed=i))
         outs[family] = root / "out" / family
-        config.append({"model": "intervened_hf", "model_args": f"pretrained={ckpt},{SPEC}", "tasks": "mfr",
+        config.append({"model": "intervened_hf", "model_args": f"pretrained={ckpt},{_spec(ckpt)}", "tasks": "mfr",
                        "limit": 4, "batch_size": 2, "output_path": str(outs[family]), "log_samples": True})
     (root / "runs.yaml").write_text(yaml.safe_dump(config))
     p = subprocess.run([str(BIN / "lmms-eval"), "--config", str(root / "runs.yaml")], cwd=root, env=ENV,

@@ -30,8 +30,24 @@ Not in the table, on purpose:
   ``language.generate(inputs_embeds=...)``, not ``AutoModelForImageTextToText`` +
   ``AutoProcessor``. ``trust_remote_code=true`` cannot change any of that; supporting it
   needs a port of that code to transformers 5.
-* Qwen3.5 (``qwen3_5``): most of its decoder layers are linear-attention (Gated
-  DeltaNet) layers without ``self_attn.o_proj``, so there is no per-head site in them.
+* **Mistral 3** (``mistral3``, e.g. Mistral-Small-3.1-24B-Instruct-2503; lmms-eval's ``mistral3_vl``).
+  The decoder would fit (``model.language_model.layers[i].self_attn.o_proj``), but its processor
+  cannot be built or loaded without torchvision in transformers 5.24: ``PixtralProcessor`` is
+  declared ``@requires(backends=("torchvision", "torch"))`` and its module imports
+  ``image_processing_pixtral`` (``from torchvision.transforms.v2 import functional``) at the top, so
+  ``transformers.PixtralProcessor`` is a placeholder that raises and the module itself fails to
+  import (unlike the other families, a PIL image processor alone does not help). This project runs
+  without torchvision (PyPI's torchvision needs a CUDA torch). Adding it also needs a second render
+  path: that wrapper writes image prompts by hand (``<s>[INST][IMG]\n{prompt}[/INST]``, ``Image k:
+  [IMG]\n`` per image when several) and uses the chat template only for text-only prompts.
+
+Hybrid decoders: **Qwen3.5** (``qwen3_5``) interleaves linear-attention (Gated DeltaNet,
+``linear_attn``) layers, which have no per-head site, with full-attention layers that do. The row's
+``head_layer_types`` names the config ``layer_types`` with heads; `geometry` keeps the model's own
+layer indices (``num_layers`` counts every decoder layer, ``head_layers`` lists those with heads,
+``total_heads`` counts only theirs), `resolve` returns None for the other layers' attention and
+o_proj, and a spec naming one of them is rejected when bound to the model
+(`InterventionSpec.validate_for` with ``head_layers``; `intervene` checks a plan too).
 """
 
 from __future__ import annotations
@@ -58,6 +74,7 @@ class PromptStyle:
     image_prep: str = "none"  # see mf_harness.lmms.images.IMAGE_PREP: "qwen_jpeg" | "qwen" | "jpeg" | "none"
     nested_images: bool = False  # processor wants images as [[row 0 images], [row 1 images], ...]
     processor_kwargs: tuple[tuple[str, Any], ...] = ()  # passed to every processor call
+    chat_template_kwargs: tuple[tuple[str, Any], ...] = ()  # passed to apply_chat_template (enable_thinking=...)
     max_new_tokens: int = 1024  # default when the task sets none
     stop: str = "tokenizer"  # generate's eos: "tokenizer" (its eos token) | "generation_config" (the model's)
     min_pixels: int | None = None  # Qwen image resize bounds (qwen-vl-utils' smart_resize)
@@ -76,6 +93,8 @@ class ArchRow:
     text_config: str = "text_config"  # config attribute with the text model's sizes ("" = top level)
     norm_offset: float = 0.0  # the final norm scales by (norm_offset + weight) (Gemma: 1)
     rope_3d: bool = False  # multimodal RoPE: the model derives positions itself; never pass 1-D position_ids
+    # hybrid decoders: the config ``layer_types`` whose layers have heads (empty: every layer has them)
+    head_layer_types: tuple[str, ...] = ()
     # --- how lmms-eval names and prompts it
     alias: str = "intervened_hf"  # the family's lmms-eval model name (all names are one class)
     upstream: str = ""  # the lmms-eval 0.7.3 wrapper followed
@@ -102,10 +121,23 @@ ARCH: dict[str, ArchRow] = {
         ArchRow("qwen3_vl", **_QWEN, upstream="qwen3_vl (simple)",
                 prompt=PromptStyle(**_QWEN_PROMPT, image_prep="qwen", processor_kwargs=(("do_resize", False),),
                                    max_new_tokens=128, min_pixels=256 * 28 * 28, max_pixels=1605632)),
+        # Qwen3-VL-MoE: the MoE is in the MLP; attention (and so the per-head site, self_attn.o_proj)
+        # is Qwen3-VL's. lmms-eval's qwen3_vl wrapper loads both (Qwen3VLMoe... when the id has "A<n>B").
+        ArchRow("qwen3_vl_moe", **_QWEN, upstream="qwen3_vl (simple)",
+                prompt=PromptStyle(**_QWEN_PROMPT, image_prep="qwen", processor_kwargs=(("do_resize", False),),
+                                   max_new_tokens=128, min_pixels=256 * 28 * 28, max_pixels=1605632)),
+        # Qwen3.5: hybrid decoder; only its full-attention layers (self_attn.o_proj, input = the sigmoid-gated
+        # head outputs) have heads; its Gated DeltaNet layers (linear_attn) have none: a spec naming one is
+        # rejected when bound to the model. Layer indices are the model's own.
+        ArchRow("qwen3_5", **_QWEN, upstream="qwen3_5 (simple)", head_layer_types=("full_attention",),
+                prompt=PromptStyle(**_QWEN_PROMPT, image_prep="qwen", processor_kwargs=(("do_resize", False),),
+                                   chat_template_kwargs=(("enable_thinking", True),), max_new_tokens=1024,
+                                   min_pixels=64 * 32 * 32, max_pixels=128 * 32 * 32)),
         ArchRow("internvl", **_LM, alias="intervened_internvl", upstream="internvl_hf (chat)",
                 prompt=PromptStyle(image_token="<IMG_CONTEXT>",
                                    processor_kwargs=(("min_patches", 1), ("max_patches", 12)))),
         ArchRow("llava", **_LM, alias="intervened_llava", upstream="llava_hf (chat)"),
+        ArchRow("llava_next", **_LM, alias="intervened_llava", upstream="llava_hf (chat)"),
         ArchRow("llava_onevision", **_LM, alias="intervened_llava", upstream="llava_hf (chat)"),
         ArchRow("gemma3", **_LM, norm_offset=1.0, alias="intervened_gemma3", upstream="gemma3 (simple)",
                 prompt=PromptStyle(image_token="<start_of_image>", system_prompt=DEFAULT_SYSTEM_PROMPT,
@@ -144,13 +176,22 @@ def arch_for(model_or_config) -> ArchRow:
 
 @dataclass(frozen=True)
 class HeadGeometry:
+    """Head layout of a text decoder. Layers keep the model's own indices: ``num_layers`` counts every
+    decoder layer; ``head_layers`` are those with a per-head site (all of them unless the decoder is hybrid,
+    e.g. Qwen3.5, whose linear-attention layers have none)."""
+
     num_layers: int
     num_heads: int
     head_dim: int
+    attn_layers: tuple[int, ...] | None = None  # None: every layer
+
+    @property
+    def head_layers(self) -> tuple[int, ...]:
+        return tuple(range(self.num_layers)) if self.attn_layers is None else self.attn_layers
 
     @property
     def total_heads(self) -> int:
-        return self.num_layers * self.num_heads
+        return len(self.head_layers) * self.num_heads
 
 
 def geometry(model_or_config) -> HeadGeometry:
@@ -159,7 +200,14 @@ def geometry(model_or_config) -> HeadGeometry:
     tc = module_at(config, row.text_config) if row.text_config else config
     heads = tc.num_attention_heads
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
-    return HeadGeometry(tc.num_hidden_layers, heads, head_dim)
+    attn_layers = None
+    if row.head_layer_types:
+        types = list(getattr(tc, "layer_types", None) or [])
+        if len(types) != tc.num_hidden_layers:
+            raise ArchError(f"{row.family}: config.layer_types has {len(types)} entries for "
+                            f"{tc.num_hidden_layers} layers")
+        attn_layers = tuple(i for i, t in enumerate(types) if t in row.head_layer_types)
+    return HeadGeometry(tc.num_hidden_layers, heads, head_dim, attn_layers)
 
 
 def text_decoder(model: nn.Module) -> nn.Module:
@@ -178,6 +226,8 @@ _RESOLVED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def resolve(model: nn.Module) -> tuple[ArchRow, list[nn.Module], list[nn.Module], list[nn.Linear]]:
     """Return (row, decoder layers, attention modules, o_proj modules); raise if any site is missing.
+    The lists are indexed by the model's own layer index; in a hybrid decoder the entries of layers
+    without heads (not in ``geometry(model).head_layers``) are None.
     Resolved once per model object (the sites of a loaded model do not move)."""
     hit = _RESOLVED.get(model)
     if hit is not None:
@@ -191,7 +241,14 @@ def resolve(model: nn.Module) -> tuple[ArchRow, list[nn.Module], list[nn.Module]
     if len(layers) != geo.num_layers:
         raise RuntimeError(f"{row.family}: found {len(layers)} layers at {row.layers!r}, config says {geo.num_layers}")
     attns, oprojs = [], []
+    with_heads = set(geo.head_layers)
     for i, layer in enumerate(layers):
+        if i not in with_heads:  # a hybrid decoder's layer without heads (e.g. linear attention)
+            if getattr(layer, row.attn, None) is not None:
+                raise RuntimeError(f"{row.family}: layer {i} has {row.attn} but its config layer type has no heads")
+            attns.append(None)
+            oprojs.append(None)
+            continue
         attn = getattr(layer, row.attn, None)
         o_proj = getattr(attn, row.o_proj, None) if attn is not None else None
         if not isinstance(o_proj, nn.Linear):

@@ -59,7 +59,7 @@ import torch
 import torch.nn as nn
 
 from mf_harness.core.arch import geometry, resolve, text_decoder
-from mf_harness.core.spec import InterventionSpec
+from mf_harness.core.spec import InterventionSpec, SpecError
 
 __all__ = ["HeadPlan", "intervene", "active_handles", "InterventionCoverageError", "find_cache", "cache_kwarg",
            "output_cache"]
@@ -105,13 +105,15 @@ class HeadPlan:
         masks: torch.Tensor,
         num_layers: int,
         num_heads: int,
+        head_layers: Sequence[int] | None = None,
     ) -> "HeadPlan":
-        """One spec per row; ``masks`` is ``[batch, prompt_len]`` bool (the spec's scope per row)."""
+        """One spec per row; ``masks`` is ``[batch, prompt_len]`` bool (the spec's scope per row).
+        ``head_layers``: the layers that have heads, where not every layer has (hybrid decoders)."""
         if len(specs) != masks.shape[0]:
             raise ValueError(f"{len(specs)} specs for a batch of {masks.shape[0]} rows")
         coef: dict[int, torch.Tensor] = {}
         for spec in {id(s): s for s in specs}.values():  # each distinct spec once, not once per row
-            spec.validate_for(num_layers, num_heads)
+            spec.validate_for(num_layers, num_heads, head_layers=head_layers)
         for b, spec in enumerate(specs):
             for head, c in spec.head_coefficients().items():
                 if head.layer not in coef:
@@ -335,6 +337,10 @@ def intervene(model: nn.Module, plan: HeadPlan | None) -> Iterator[list]:
     for layer, c in plan.coef.items():
         if not 0 <= layer < geo.num_layers:
             raise ValueError(f"plan names layer {layer}; the model has layers 0..{geo.num_layers - 1}")
+        if oprojs[layer] is None:
+            raise SpecError(f"plan names layer {layer}, which has no attention heads (a linear-attention layer "
+                            f"of a hybrid decoder); the layers with heads are "
+                            f"{', '.join(map(str, geo.head_layers))}")
         if c.shape != (plan.batch_size, geo.num_heads):
             raise ValueError(f"layer {layer} coefficients have shape {tuple(c.shape)}, "
                              f"expected ({plan.batch_size}, {geo.num_heads})")

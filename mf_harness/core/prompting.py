@@ -80,7 +80,8 @@ class PromptCodec:
     def render(self, context: str, n_images: int) -> tuple[str, str]:
         """(chat-templated prompt, the user text as it appears in it)."""
         messages, text = self.messages(context, n_images)
-        rendered = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        rendered = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      **dict(self.style.chat_template_kwargs))
         if text not in rendered and text.strip() in rendered:
             text = text.strip()  # Gemma's template trims texts
         return rendered, text
@@ -146,4 +147,5 @@ class PromptCodec:
             mask[b, [first + p for p in pos]] = True
             if tail and specs[b].acts_on_decode:
                 mask[b, S - tail:] = True
-        return HeadPlan.build(specs, mask, self.geometry.num_layers, self.geometry.num_heads)
+        return HeadPlan.build(specs, mask, self.geometry.num_layers, self.geometry.num_heads,
+                              self.geometry.attn_layers)

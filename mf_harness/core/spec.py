@@ -41,7 +41,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from mf_harness.checks import atomic_write_text, parse_bool
 from mf_harness.errors import MfHarnessError
@@ -200,14 +200,22 @@ class InterventionSpec:
             out.update({h: float(self.coefficient) for h in self.amplify})
         return out
 
-    def validate_for(self, num_layers: int, num_heads: int, model_name: str = "the model") -> None:
-        """Raise `SpecError` if a head is outside ``num_layers`` x ``num_heads``."""
+    def validate_for(self, num_layers: int, num_heads: int, model_name: str = "the model",
+                     head_layers: Sequence[int] | None = None) -> None:
+        """Raise `SpecError` if a head is outside ``num_layers`` x ``num_heads``, or (hybrid decoders such
+        as Qwen3.5) in a layer that is not one of ``head_layers``, the layers that have heads."""
         for what, heads in (("block", self.block), ("amplify", self.amplify)):
             for h in heads:
                 if h.layer >= num_layers:
                     raise SpecError(
                         f"{what}: head {h} is out of range: {model_name} has {num_layers} layers "
                         f"(layer must be 0..{num_layers - 1})"
+                    )
+                if head_layers is not None and h.layer not in head_layers:
+                    raise SpecError(
+                        f"{what}: head {h} names layer {h.layer}, which has no attention heads in {model_name} "
+                        f"(a linear-attention layer of a hybrid decoder); the layers with heads are "
+                        f"{', '.join(map(str, head_layers))}"
                     )
                 if h.head >= num_heads:
                     raise SpecError(

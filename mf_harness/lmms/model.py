@@ -139,7 +139,8 @@ class IntervenedHF(lmms):
                 f"or the README for the accepted keys"
             )
         self.geometry = geometry(config)
-        self.spec.validate_for(self.geometry.num_layers, self.geometry.num_heads, model_name=str(pretrained))
+        self.spec.validate_for(self.geometry.num_layers, self.geometry.num_heads, model_name=str(pretrained),
+                                head_layers=self.geometry.attn_layers)
 
         self._rank, self._world_size = 0, 1
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch / torchrun: data parallel
@@ -201,7 +202,8 @@ class IntervenedHF(lmms):
         """A view of this model (same weights, processor and codec, nothing reloaded) under ``spec``.
         The view does not own the weights: lmms-eval's ``clean()`` at the end of an evaluation leaves
         them loaded, so one loaded checkpoint serves many evaluations (a sweep's cells)."""
-        spec.validate_for(self.geometry.num_layers, self.geometry.num_heads, model_name=str(self.pretrained))
+        spec.validate_for(self.geometry.num_layers, self.geometry.num_heads, model_name=str(self.pretrained),
+                           head_layers=self.geometry.attn_layers)
         view = copy.copy(self)
         view.spec = spec
         view._owns_model = False

@@ -9,8 +9,9 @@ text, the family's chat template and image processor) that loads with
 One builder per family in `mf_harness.core.arch.ARCH` (`FAMILIES`). Each copies what
 matters from the published checkpoints: the special tokens and which of them are the
 image placeholder, eos and padding; whether the tokenizer prepends a BOS (Llama,
-Gemma); the chat template (Qwen2/2.5-VL-Instruct; Qwen3-VL-Instruct without its tool
-and thinking branches; InternVL3-hf; llava-1.5-hf; llava-onevision-hf; gemma-3-it;
+Gemma); the chat template (Qwen2/2.5-VL-Instruct; Qwen3-VL-Instruct, also for
+Qwen3-VL-MoE, and Qwen3.5, without their tool branches; InternVL3-hf; llava-1.5-hf;
+llava-v1.6-mistral-hf; llava-onevision-hf; gemma-3-it;
 Idefics3-8B-Llama3; SmolVLM-Instruct); the processor class and its image-token
 expansion; the model's generation stop tokens. Sizes are tiny (28x28 vision tiles,
 4 image tokens per tile) so everything runs in milliseconds on a CPU.

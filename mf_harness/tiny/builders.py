@@ -119,23 +119,29 @@ def _build_qwen2(cfg: TinyConfig, extra_text: str):
 
 
 def _build_qwen3_vl(cfg: TinyConfig, extra_text: str):
-    from transformers import Qwen3VLConfig, Qwen3VLProcessor
+    """Qwen3-VL, and Qwen3-VL-MoE (the same but a sparse-MoE MLP in every decoder layer)."""
+    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tok = build_tokenizer(QWEN_SPECIAL_TOKENS, cfg.vocab_target, extra_text)
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     half = head_dim // 2
     mrope = [half - 2 * (half // 4), half // 4, half // 4]  # (t, h, w), interleaved, sums to head_dim / 2
+    moe = cfg.family == "qwen3_vl_moe"
+    # Qwen3-VL-30B-A3B: 128 experts, 8 per token, every layer sparse; tiny: 4 experts, 2 per token
+    extra = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=cfg.intermediate_size // 2,
+                 decoder_sparse_step=1, mlp_only_layers=[]) if moe else {}
     text = _text_config(cfg, tok, head_dim=head_dim, rope_parameters={
-        "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": mrope, "mrope_interleaved": True})
+        "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": mrope, "mrope_interleaved": True}, **extra)
     vision = dict(depth=cfg.vision_depth, hidden_size=cfg.vision_hidden_size,
                   intermediate_size=cfg.vision_hidden_size * 2, num_heads=cfg.vision_heads,
                   out_hidden_size=cfg.hidden_size, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
                   num_position_embeddings=16, deepstack_visual_indexes=[0])
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    config = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    klass = Qwen3VLMoeConfig if moe else Qwen3VLConfig
+    config = klass(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                   video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                   vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
     ip = Qwen2VLImageProcessorPil(min_pixels=32 * 32, max_pixels=32 * 32 * 64, patch_size=16, merge_size=2,
                                   temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     proc = Qwen3VLProcessor(image_processor=ip, tokenizer=tok, chat_template=QWEN3_CHAT_TEMPLATE)
@@ -272,6 +278,7 @@ _BUILDERS = {
     "qwen2_5_vl": _build_qwen2,
     "qwen2_vl": _build_qwen2,
     "qwen3_vl": _build_qwen3_vl,
+    "qwen3_vl_moe": _build_qwen3_vl,
     "internvl": _build_internvl,
     "llava": _build_llava,
     "llava_onevision": _build_llava_onevision,
@@ -279,3 +286,12 @@ _BUILDERS = {
     "idefics3": _build_idefics,
     "smolvlm": _build_idefics,
 }
+
+
+def _more():
+    from mf_harness.tiny.builders_next import BUILDERS
+
+    return BUILDERS
+
+
+_BUILDERS.update(_more())
