@@ -110,6 +110,10 @@ SNAPSHOTS = {  # lmms-eval's layout for each family, rendered by the checkpoint'
     "llava_onevision": "<|im_start|>user <image>\n" + SNAPSHOT_USER + "<|im_end|><|im_start|>assistant\n",
     "gemma3": ("<bos><start_of_turn>user\nYou are a helpful assistant.\n\n<start_of_image>" + SNAPSHOT_USER +
                "<end_of_turn>\n<start_of_turn>model\n"),
+    # lmms-eval's glm4v wrapper has no system turn by default; GLM-4.1V-9B-Thinking's template writes [gMASK]<sop>
+    "glm4v": "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>" + SNAPSHOT_USER + "<|assistant|>\n",
+    # (the tiny GLM-4.5V uses GLM-4.1V's template; see mf_harness.tiny.builders_2026)
+    "glm4v_moe": "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>" + SNAPSHOT_USER + "<|assistant|>\n",
     "idefics3": "<|begin_of_text|>User:<image>" + SNAPSHOT_USER + "<end_of_utterance>\nAssistant:",
     "smolvlm": "<|im_start|>User:<image>" + SNAPSHOT_USER + "<end_of_utterance>\nAssistant:",
 }

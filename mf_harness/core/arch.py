@@ -40,6 +40,28 @@ Not in the table, on purpose:
   without torchvision (PyPI's torchvision needs a CUDA torch). Adding it also needs a second render
   path: that wrapper writes image prompts by hand (``<s>[INST][IMG]\n{prompt}[/INST]``, ``Image k:
   [IMG]\n`` per image when several) and uses the chat template only for text-only prompts.
+* **Gemma 4** (``gemma4``, e.g. google/gemma-4-31B-it, gemma-4-26B-A4B-it, gemma-4-E2B/E4B-it; lmms-eval's
+  ``gemma4``). Every decoder layer has the site (``model.language_model.layers[i].self_attn.o_proj``), but the
+  head width is not the same in every layer: sliding-window layers use ``head_dim`` (256) and full-attention
+  layers ``global_head_dim`` (512 in the configs of E2B, E4B and 26B-A4B, as public copies show; transformers 5.24 builds
+  ``Gemma4TextAttention`` from ``config.per_layer_config[layer].head_dim``), so o_proj takes
+  ``heads * 256`` features in some layers and ``heads * 512`` in others. `HeadGeometry` has one ``head_dim``
+  and the hooks (`mf_harness.core.hooks`, ``_LayerHooks``) and analyses slice every layer with it, so
+  `resolve` would reject the full-attention layers of any real checkpoint. A tiny config with
+  ``global_head_dim == head_dim`` would pass the tests while hiding that; supporting it needs a per-layer
+  head width in the geometry, the hooks and the analyses. (Also to reproduce then: that wrapper passes
+  ``images_kwargs={"max_soft_tokens": 280}`` and pads with ``pad_to_multiple_of=8``.)
+* **Llama 4** (``llama4``, Llama-4-Scout-17B-16E / Maverick-17B-128E; lmms-eval's ``llama4_scout``). The site
+  exists in every layer (``language_model.model.layers[i].self_attn.o_proj``, input
+  ``[batch, seq, heads * head_dim]`` also in the no-RoPE and chunked-attention layers; the MoE is in the MLP),
+  but its processor cannot be built or loaded without torchvision in transformers 5.24: its only image
+  processor, ``Llama4ImageProcessor``, is a ``TorchvisionBackend`` whose module imports
+  ``torchvision.transforms.v2`` at the top (the auto mapping lists no PIL backend for ``llama4``), so
+  ``transformers.Llama4ImageProcessor`` is a placeholder that raises ``ImportError``.
+* **Molmo 2** (``molmo2``, allenai/Molmo2-*; lmms-eval 0.7.3 has no wrapper for it). The site exists
+  (``model.language_model.layers[i].self_attn.o_proj``), but as for Llama 4 its only image processor,
+  ``Molmo2ImageProcessor``, is a ``TorchvisionBackend`` (no PIL backend in the auto mapping), a placeholder
+  that raises ``ImportError`` without torchvision; ``Molmo2Processor`` cannot be built or loaded.
 
 Hybrid decoders: **Qwen3.5** (``qwen3_5``) interleaves linear-attention (Gated DeltaNet,
 ``linear_attn``) layers, which have no per-head site, with full-attention layers that do. The row's
@@ -109,6 +131,8 @@ _LM = dict(layers="model.language_model.layers", final_norm="model.language_mode
 _IDEFICS = dict(layers="model.text_model.layers", final_norm="model.text_model.norm", upstream="idefics2 (simple)",
                 prompt=PromptStyle(nested_images=True, stop="generation_config"))  # no Idefics3/SmolVLM wrapper
 
+_GLM4V_PROMPT = PromptStyle(image_token="<|image|>", system_as_parts=False, image_prep="jpeg", max_new_tokens=8192)
+
 ARCH: dict[str, ArchRow] = {
     row.family: row
     for row in (
@@ -143,6 +167,12 @@ ARCH: dict[str, ArchRow] = {
                 prompt=PromptStyle(image_token="<start_of_image>", system_prompt=DEFAULT_SYSTEM_PROMPT,
                                    image_prep="jpeg", nested_images=True, max_new_tokens=128,
                                    stop="generation_config")),
+        # GLM-4.1V / GLM-4.6V-Flash (glm4v) and GLM-4.5V / GLM-4.6V (glm4v_moe: the MoE is in the MLP; the per-head
+        # site is the attention's self_attn.o_proj as in glm4v). 3-D mRoPE positions come from the model's
+        # get_rope_index (mm_token_type_ids from the processor), as in the Qwen rows. lmms-eval's glm4v wrapper: no
+        # system turn unless given (a plain string), JPEG q85 data URLs, eos = the tokenizer's, 8192 new tokens.
+        ArchRow("glm4v", **_LM, rope_3d=True, upstream="glm4v (simple)", prompt=_GLM4V_PROMPT),
+        ArchRow("glm4v_moe", **_LM, rope_3d=True, upstream="glm4v (simple)", prompt=_GLM4V_PROMPT),
         ArchRow("idefics3", **_IDEFICS, alias="intervened_idefics3"),
         ArchRow("smolvlm", **_IDEFICS, alias="intervened_smolvlm"),
     )

@@ -1,8 +1,8 @@
 """Images as lmms-eval's wrapper for each family prepares them, and a doc's visuals loaded with clear errors.
 
 Row ``image_prep`` (`mf_harness.core.arch.PromptStyle`): Qwen2/2.5-VL re-encode as JPEG q85 (lmms-eval's
-own ``encode_image_to_data_url``) and resize with qwen-vl-utils' rule, Qwen3-VL resizes only, Gemma 3
-re-encodes only, the others pass the PIL image to the processor.
+own ``encode_image_to_data_url``) and resize with qwen-vl-utils' rule, Qwen3-VL resizes only, Gemma 3 and
+GLM-4V re-encode only, the others pass the PIL image to the processor.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ IMAGE_PREP: dict[str, Callable[[Image.Image, ImagePrep], Image.Image]] = {
     "qwen_jpeg": lambda im, p: qwen_fetch_image(im, p.min_pixels, p.max_pixels, p.factor),
     # Qwen3-VL: the PIL image through qwen_vl_utils.fetch_image(image_patch_size=16): factor 32, no JPEG
     "qwen": lambda im, p: _smart_resize(_to_rgb(im), p.min_pixels, p.max_pixels, p.factor),
-    # Gemma 3: data URL (JPEG q85), loaded back by the processor's chat template
+    # Gemma 3, GLM-4V: data URL (JPEG q85), loaded back by the processor's chat template
     "jpeg": lambda im, p: _jpeg_q85(im),
     # InternVL-hf, LLaVA(-OneVision), Idefics: the PIL image straight to the processor
     "none": lambda im, p: im,

@@ -289,9 +289,10 @@ _BUILDERS = {
 
 
 def _more():
+    from mf_harness.tiny.builders_2026 import BUILDERS as LATER
     from mf_harness.tiny.builders_next import BUILDERS
 
-    return BUILDERS
+    return {**BUILDERS, **LATER}
 
 
 _BUILDERS.update(_more())
