@@ -3,14 +3,16 @@
 A random Qwen2.5-VL with the 7B's attention geometry (28 layers x 28 query heads, 4 KV heads; hidden
 size shrunk to 224 so it runs on a CPU) and a realistic prompt: one 896x896 image (1,024 image
 tokens) and a modality-conflict prompt whose suffix from the first instruction token on is ~60
-tokens. Figures (`name: value`, each a ratio to one plain forward of the same sample, timed in this
+tokens (`bench/geometry.py`). Figures (`name: value`, each a ratio to one plain forward of the same sample, timed in this
 run; the naive figure beside each):
 
 * ablation_all_heads_vs_plain_forward: exact single-head ablation of all 784 heads at the
   instruction tokens, prefix-shared and forked at each head's layer
   (`mf_harness.analysis.attribution.prefix_shared_ablation`); goal <= 40. The floor printed beside
   it is what every head's row must recompute: the suffix from its own layer on, in plain-forward
-  equivalents (784 x suffix / prompt x (L + 1) / 2L);
+  equivalents (784 x suffix / prompt x (L + 1) / 2L), and the same in multiply-accumulates
+  (`geometry.mac_floor`: a suffix token attends to the whole prompt, which at this shrunk hidden
+  size costs as much as its projections), with the measured ratio over it;
 * ablation_all_heads_naive_vs_plain_forward: one full forward per head (timed on 16 heads,
   scaled to 784: each head costs the same full forward);
 * atp_all_heads_vs_plain_forward: attribution patching (one forward + one backward); goal <= 3;
@@ -23,13 +25,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import geometry as G  # noqa: E402  (bench/geometry.py)
 from peak import peak_mb  # noqa: E402  (bench/peak.py)
 
 REPS = int(os.environ.get("MF_BENCH_REPS", 3))
@@ -40,42 +42,26 @@ def main() -> None:
     from loguru import logger
 
     logger.remove()
-    from PIL import Image
 
     from mf_harness.analysis.attribution import attribution_patching, prefix_shared_ablation
     from mf_harness.analysis.measures import ablation_effects, final_margins
     from mf_harness.analysis.samples import prepare_samples
     from mf_harness.core.spec import Head
-    from mf_harness.lmms.model import IntervenedHF
-    from mf_harness.tiny import TinyConfig, build_tiny_vlm
 
-    torch.manual_seed(0)
-    d = tempfile.mkdtemp()
-    build_tiny_vlm(d, TinyConfig(hidden_size=224, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                                 intermediate_size=448, vision_depth=1, vision_hidden_size=64, vision_heads=2,
-                                 attn_implementation="sdpa"))
-    px = 896 * 896
-    lm = IntervenedHF(pretrained=d, min_pixels=px, max_pixels=px)
+    lm = G.build_lm()
     geo = lm.geometry
-    instruction = "You should follow the textual context rather than the visual content."  # the paper's
-    doc = {"instruction": instruction, "compliant_answers": ["three"], "competing_answers": ["two"],
-           "context": "The living room has three couches and a blue rug.", "question": "How many couches are there?",
-           "format_instruction": "Answer the question with a single word.",
-           "image": Image.new("RGB", (896, 896), (120, 90, 200))}
 
     class Task:  # the few task hooks prepare_samples reads
         class config:
             task = "bench"
 
-        @staticmethod
-        def doc_to_text(doc):
-            return (f"Text context: {doc['context']}\n{doc['instruction']} {doc['question']}\n"
-                    f"{doc['format_instruction']}")
+        doc_to_text = staticmethod(G.doc_to_text)
 
         @staticmethod
         def doc_to_visual(doc):
             return [doc["image"]]
 
+    doc = G.doc()
     (sample,) = prepare_samples(lm, Task, [doc])
     heads = [Head(l, h) for l in range(geo.num_layers) for h in range(geo.num_heads)]
     prompt = sample.length
@@ -103,10 +89,13 @@ def main() -> None:
     # every head's row recomputes the suffix from its own layer on: sum over layers of (L - l) / L layer-passes
     L = geo.num_layers
     floor = geo.num_heads * suffix / prompt * sum((L - l) / L for l in range(L))
+    p0 = prompt - suffix
+    macs = G.mac_floor(lm, prompt, [(h.layer + 1, p0) for h in heads])
     print(f"discovery_bench_geometry: {geo.num_layers}x{geo.num_heads} heads, {prompt} prompt tokens "
           f"({len(sample.token_sets['image'])} image), suffix {suffix}")
     print(f"ablation_all_heads_vs_plain_forward: {t['shared'] / t_plain:.1f}")
-    print(f"ablation_all_heads_floor_forward_equivalents: {floor:.1f}")
+    print(f"ablation_all_heads_floor_forward_equivalents: {floor:.1f} (tokens x layers)")
+    print(f"ablation_all_heads_floor_macs: {macs:.1f} (measured / floor: {t['shared'] / t_plain / macs:.2f})")
     print(f"ablation_all_heads_naive_vs_plain_forward: {t['naive'] * len(heads) / NAIVE_HEADS / t_plain:.1f}")
     print(f"atp_all_heads_vs_plain_forward: {t['atp'] / t_plain:.2f}")
     print(f"peak_rss_mb_plain_forward: {mem['plain']:.0f}" if not torch.cuda.is_available() else

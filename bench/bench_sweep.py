@@ -1,8 +1,9 @@
 """Sweep cost near the physical limit, measured side by side in one run.
 
-Medium random Qwen2.5-VL (hidden 512, 8 layers x 8 heads), realistic prompts: 256 image
-tokens (lmms-eval's default min_pixels), ~100 context tokens, ~30 instruction tokens,
-greedy answers of 4 tokens. Figures (`name: value`):
+Qwen2.5-VL-7B's head layout (28 layers x 28 heads, 4 KV heads, hidden shrunk to 224) and a
+realistic prompt (1,024 image tokens, a suffix of ~60 tokens from the first instruction token on:
+`bench/geometry.py`), 3 samples, greedy answers of 4 tokens; the 50 specs block or amplify 10-40
+random heads each. Figures (`name: value`):
 
 * sweep_50_specs_vs_one_unintervened_pass: 50 specs per sample with the multi-spec runner
   (per-row specs, shared prefix, one vision pass) / one plain pass over the same samples
@@ -13,7 +14,8 @@ greedy answers of 4 tokens. Figures (`name: value`):
 * wrapper_empty_spec_vs_plain_generate_samples_per_s: intervened_qwen's generate_until with an
   empty spec / plain transformers generate on the same inputs (samples per second; goal >= 1.0);
 * sweep_50_specs_floor_forward_equivalents: 1 + specs x suffix / prompt (every position from the
-  first instruction token on differs between specs), and the measured ratio over it;
+  first instruction token on differs between specs), and the measured ratio over it; the same
+  floor in multiply-accumulates (`geometry.mac_floor`: suffix tokens attend to the whole prompt);
 * peak_rss_mb_*: the process's peak resident memory during each measurement (`bench/peak.py`:
   VmHWM after a reset on Linux; on CUDA the peak allocated GPU memory).
 """
@@ -23,13 +25,13 @@ from __future__ import annotations
 import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import geometry as G  # noqa: E402  (bench/geometry.py)
 from peak import peak_mb  # noqa: E402  (bench/peak.py)
 
 N_SAMPLES = int(os.environ.get("MF_BENCH_SAMPLES", 3))
@@ -40,29 +42,15 @@ def main() -> None:
     from loguru import logger
 
     logger.remove()
-    from PIL import Image
-
     from lmms_eval.api.instance import Instance
 
-    from mf_harness.lmms.model import IntervenedHF
     from mf_harness.lmms.fast_engine import MultiSpecRunner
     from mf_harness.core.spec import Head, InterventionSpec
-    from mf_harness.tiny import MEDIUM, build_tiny_vlm
 
-    d = tempfile.mkdtemp()
-    build_tiny_vlm(d, MEDIUM)
-    lm = IntervenedHF(pretrained=d, batch_size=N_SAMPLES)
+    lm = G.build_lm(batch_size=N_SAMPLES)
     geo = lm.geometry
-    instruction = ("In case there is an inconsistency between the Text Context and the input image content, "
-                   "you must rely on the text context rather than the input image content.")
-    context = ("The living room features a large sectional couch that wraps around one corner, along with two "
-               "additional smaller loveseats positioned near the fireplace, making a total of three couches in the "
-               "space, and a blue rug lies between them while a cat sleeps on the window sill in the afternoon sun.")
-    docs, ctxs = [], []
-    for i in range(N_SAMPLES):
-        docs.append({"instruction": instruction, "image": Image.new("RGB", (84, 84), (40 * i, 90, 200 - 30 * i))})
-        ctxs.append(f"Text context: {context}\n{instruction} How many couches are there?\n"
-                    f"Answer the question with a single word.")
+    docs = [G.doc(i) for i in range(N_SAMPLES)]
+    ctxs = [G.doc_to_text(d) for d in docs]
     rng = random.Random(0)
     all_heads = [Head(l, h) for l in range(geo.num_layers) for h in range(geo.num_heads)]
     specs = [InterventionSpec()]
@@ -106,9 +94,11 @@ def main() -> None:
     enc0 = lm.codec.encode([rendered0], [images[0]])
     p0 = runner.prefix_length(runner.plan(specs, rendered0, lm.codec.render(ctxs[0], 1)[1], enc0, docs[0], "b"), enc0)
     floor = 1 + N_SPECS * (n_tokens - p0) / n_tokens
+    macs = 1 + G.mac_floor(lm, n_tokens, [(0, p0)] * N_SPECS)
     print(f"sweep_bench_prompt_tokens: {n_tokens} (suffix from the first instruction token: {n_tokens - p0})")
     print(f"sweep_50_specs_vs_one_unintervened_pass: {t_multi / t_one:.2f}")
     print(f"sweep_50_specs_floor_forward_equivalents: {floor:.2f} (measured / floor: {t_multi / t_one / floor:.2f})")
+    print(f"sweep_50_specs_floor_macs: {macs:.2f} (measured / floor: {t_multi / t_one / macs:.2f})")
     print(f"sweep_50_specs_naive_vs_one_unintervened_pass: {t_naive / t_one:.2f}")
     print(f"sweep_50_specs_naive_vs_multispec: {t_naive / t_multi:.2f}")
     unit = "gpu_mb" if torch.cuda.is_available() else "rss_mb"

@@ -170,12 +170,12 @@ def main() -> None:
     lm.generate_until(gen[: args.batch_size])  # warm-up
     for name, s in (("clean", InterventionSpec()), ("block16", blocked)):
         view = lm.with_spec(s)
-        answers, t = _timed(lambda: view.generate_until(gen))
+        answers, t = _timed(lambda v=view: v.generate_until(gen))
         new_tokens = sum(len(view.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
         fig[f"gen_{name}_s"] = round(t, 3)
         fig[f"gen_{name}_req_per_s"] = round(len(gen) / t, 2)
         fig[f"gen_{name}_new_tok_per_s"] = round(new_tokens / t, 1)
-        scores, t = _timed(lambda: view.loglikelihood(ll))
+        scores, t = _timed(lambda v=view: v.loglikelihood(ll))
         fig[f"ll_{name}_req_per_s"] = round(len(ll) / t, 2)
         fig[f"answers_{name}"] = answers
     fig["gen_overhead_block16"] = round(fig["gen_block16_s"] / fig["gen_clean_s"], 3)

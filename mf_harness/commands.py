@@ -49,7 +49,7 @@ def cmd_spec(args) -> int:
         from mf_harness.lmms.loading import load_config
 
         geo = geometry(load_config(args.model))
-        spec.validate_for(geo.num_layers, geo.num_heads, model_name=args.model)
+        spec.validate_for(geo.num_layers, geo.num_heads, model_name=args.model, head_layers=geo.attn_layers)
         print(f"ok: fits {args.model} ({geo.num_layers} layers x {geo.num_heads} heads)", file=sys.stderr)
     if args.output:
         spec.save(args.output)

@@ -12,10 +12,12 @@
 
 import json
 import os
+import signal
 from ast import literal_eval
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,32 +118,54 @@ def test_device_map_sharding_gives_the_same_numbers(ckpt):
     assert got["clean"][1] != got["plain"][1]  # the spec was applied in all three
 
 
-def _sweep(prefix, out: Path, rankings: Path, env=ENV):
+def _sweep(prefix, out: Path, rankings: Path, env=ENV, dry=False):
     args = ["-m", "mf_harness.cli", "sweep", "--model-args", "pretrained=embedded", "--rankings", str(rankings),
             "--k", "2", "--seeds", "2", "--controls", "random_any", "--follows", "text", "--limit", "7",
             "--capability-tasks", "mf_shapes_image,mf_mmlu_fixture", "--output-dir", str(out), "--no-progress"]
-    return subprocess.run([*prefix, *args], env=env, capture_output=True, text=True, timeout=900, cwd=out.parent)
+    cmd = [*prefix, *args]
+    if dry:
+        return None, cmd
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=out.parent), cmd
 
 
 def test_two_cpu_processes_sweep_to_the_records_of_one(tmp_path):
     """`mf-harness sweep` under accelerate (2 CPU processes): the fast engine shards the samples over the ranks
-    (each rank's answers in its own log), lmms-eval shards the loglikelihood task, rank 0 merges; the records
-    equal one process's."""
+    (each rank's answers in its own log), lmms-eval shards the loglikelihood task, rank 0 merges; killed
+    mid-way and run again, each rank resumes from its log, and the records equal one process's."""
     from mf_harness.runs.records import read_records
 
     rankings = tmp_path / "heads.csv"
     rankings.write_text("follow,layer,head,rank\ntext,0,1,1\ntext,0,6,2\n")
-    one = _sweep([str(BIN / "python")], tmp_path / "one", rankings)
+    one, _ = _sweep([str(BIN / "python")], tmp_path / "one", rankings)
     assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
-    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_port())]
-    two = _sweep(launch, tmp_path / "two", rankings, env=dict(ENV, ACCELERATE_USE_CPU="true"))
+    launch = lambda: [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",  # noqa: E731
+                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                      "--main_process_port", str(_port())]
+    env = dict(ENV, ACCELERATE_USE_CPU="true")
+    # killed mid-way (both ranks and the launcher, as a scheduler's kill would), then run again: each rank
+    # resumes from its own log
+    out = tmp_path / "two"
+    out.mkdir()
+    _, cmd = _sweep(launch(), out, rankings, env=env, dry=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    logs = [out / "fast" / f"mfr_text.rank{r}of2.jsonl" for r in (0, 1)]
+    lines = lambda: sum(len(p.read_text().splitlines()) for p in logs if p.exists())  # noqa: E731
+    deadline = time.time() + 600
+    while time.time() < deadline and lines() < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = lines()
+    assert 2 <= done_before < 7, done_before  # killed with mfr_text part-answered
+    two, _ = _sweep(launch(), out, rankings, env=env)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    logs = sorted(p.name for p in (tmp_path / "two" / "fast").glob("*.jsonl"))
+    logs = sorted(p.name for p in (out / "fast").glob("*.jsonl"))
     assert logs == ["mf_shapes_image.rank0of2.jsonl", "mf_shapes_image.rank1of2.jsonl", "mfr_text.rank0of2.jsonl",
                     "mfr_text.rank1of2.jsonl"]
     docs = lambda p: sorted(json.loads(x)["doc_id"] for x in p.read_text().splitlines())  # noqa: E731
-    assert docs(tmp_path / "two" / "fast" / "mfr_text.rank1of2.jsonl") == [1, 3, 5]
+    assert docs(out / "fast" / "mfr_text.rank1of2.jsonl") == [1, 3, 5]  # each answered once over both runs
+    assert docs(out / "fast" / "mfr_text.rank0of2.jsonl") == [0, 2, 4, 6]
     strip = lambda rs: [{k: v for k, v in r.to_dict().items() if k not in ("created", "git")} for r in rs]  # noqa: E731
     a, b = read_records(tmp_path / "one" / "records.jsonl")[1], read_records(tmp_path / "two" / "records.jsonl")[1]
     assert len(a) == len(b) > 0

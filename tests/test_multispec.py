@@ -1,5 +1,6 @@
 """Many specs per prompt: per-row batching and prefix sharing are exact against one spec at a time."""
 
+import dataclasses
 
 import pytest
 import torch
@@ -102,16 +103,21 @@ def test_prefix_cache_logits_match_full_recompute_with_mrope(tiny_qwen25_dir):
     assert not torch.allclose(wrong[0], full[0, p:], atol=1e-3)
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl", "internvl", "gemma3", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe", "glm4v", "qwen3_5", "internvl", "gemma3", "idefics3"])
 def test_other_families_batch_specs_exactly(tmp_path, family):
-    """Per-row specs in one batch equal one spec at a time for every family (prefix sharing: Qwen only)."""
+    """Per-row specs in one batch equal one spec at a time for every family (prefix sharing: the families with
+    3-D positions; not a hybrid decoder, whose linear-attention state is not a KV cache)."""
+    from mf_harness.core.spec import Head
     from mf_harness.tiny import TinyConfig, build_tiny_vlm
 
     path = build_tiny_vlm(tmp_path / family, TinyConfig(family=family, seed=5))
     lm = IntervenedHF(pretrained=str(path), attn_implementation="eager")
     runner = MultiSpecRunner(lm)
     images = lm.visuals(lambda d: [d["image"]], DOC, "doc")
-    specs = SPECS[:4]
+    hl = lm.geometry.head_layers  # layer l of the specs -> the l-th layer with heads (hybrid decoders)
+    specs = [dataclasses.replace(s, block=tuple(Head(hl[h.layer % len(hl)], h.head) for h in s.block),
+                                 amplify=tuple(Head(hl[h.layer % len(hl)], h.head) for h in s.amplify))
+             for s in SPECS[:4]]
     got = runner.generate(CTX, images, DOC, specs, GEN)
     want = []
     for s in specs:
@@ -121,7 +127,7 @@ def test_other_families_batch_specs_exactly(tmp_path, family):
                        arguments=(CTX, dict(GEN), lambda d: [d["image"]], 0, "t", "test"))
         want.append(view.generate_until([req])[0])
     assert got == want
-    if family == "qwen3_vl":
+    if family in ("qwen3_vl", "qwen3_vl_moe", "glm4v"):
         assert runner.stats["prefix_passes"] == 1
     else:
         assert runner.stats["fallbacks"] == 1
@@ -143,3 +149,86 @@ def test_text_only_prompt_over_several_row_chunks():
                                                                          {"max_new_tokens": 4}, "doc")
     assert chunked == whole and len(chunked) == 9
     assert chunked[0].strip() == "three"
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_shared_prefix_kv_equals_the_prefix_repeated_per_row(tiny_qwen25_dir, impl):
+    """The prefix's KV stored once (cascade attention) gives the logits of the prefix repeated per row, at every
+    generated step, with per-row interventions acting in the suffix."""
+    from transformers import DynamicCache
+
+    from mf_harness.core.hooks import cache_kwarg, intervene, output_cache
+    from mf_harness.core.shared_prefix import SharedPrefixLayer, continue_prefix, shared_prefix_attention
+
+    lm = IntervenedHF(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56, attn_implementation=impl)
+    m = lm.model
+    images = lm.visuals(lambda d: [d["image"]], DOC, "doc")
+    rendered, user = lm.codec.render(CTX, 1)
+    enc = lm.codec.encode([rendered], [images])
+    specs = SPECS[:4]
+    runner = MultiSpecRunner(lm)
+    plan = runner.plan(specs, rendered, user, enc, DOC, "doc")
+    p = runner.prefix_length(plan, enc)
+    R = len(specs)
+    with torch.no_grad():
+        m.model.rope_deltas = None
+        pre = {k: (v[:, :p] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v) for k, v in enc.items()}
+        prefix = output_cache(m(**pre, **{cache_kwarg(m): DynamicCache(config=m.config)}, use_cache=True))
+        deltas = m.model.rope_deltas
+        outs = []
+        for share in (True, False):
+            cache = continue_prefix(prefix, m.config, R, share=share)
+            assert isinstance(cache.layers[0], SharedPrefixLayer) == share
+            m.model.rope_deltas = deltas
+            feed = dict(input_ids=enc["input_ids"].expand(R, -1), attention_mask=enc["attention_mask"].expand(R, -1),
+                        mm_token_type_ids=enc["mm_token_type_ids"].expand(R, -1),
+                        image_grid_thw=enc["image_grid_thw"].repeat(R, 1))
+            ctx = shared_prefix_attention(m, cache) if share else intervene(m, None)
+            with intervene(m, plan), ctx:
+                outs.append(m.generate(**feed, **{cache_kwarg(m): cache}, max_new_tokens=5, min_new_tokens=5,
+                                       do_sample=False, output_logits=True, return_dict_in_generate=True,
+                                       pad_token_id=lm.tokenizer.pad_token_id))
+        assert prefix.layers[0].keys.shape[0] == 1  # the prefix itself was not modified
+    shared, repeated = outs
+    assert torch.equal(shared.sequences, repeated.sequences)
+    for a, b in zip(shared.logits, repeated.logits):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(shared.logits[0][0], shared.logits[0][1], atol=1e-3)  # the rows' specs differ
+
+
+@pytest.mark.parametrize("q_len,masked", [(7, True), (1, False)])
+def test_prefix_attention_equals_attention_over_the_concatenated_keys(q_len, masked):
+    """The merge of prefix and suffix attention (fused kernel and the chunked maths path) against plain softmax
+    attention over [prefix; suffix] with grouped KV heads; causal inside the suffix, bottom-right aligned."""
+    import mf_harness.core.shared_prefix as sp
+
+    torch.manual_seed(0)
+    R, H, KV, d, P, S = 3, 6, 2, 8, 11, 9  # S suffix keys, the last q_len of them are the queries
+    q = torch.randn(R, H, q_len, d)
+    pk, pv = torch.randn(1, KV, P, d), torch.randn(1, KV, P, d)
+    sk, sv = torch.randn(R, KV, S, d), torch.randn(R, KV, S, d)
+    qpos = torch.arange(P + S - q_len, P + S)[:, None]
+    full_mask = torch.arange(P + S)[None, :] <= qpos  # [q, P + S]
+    keys = torch.cat([pk.expand(R, -1, -1, -1), sk], 2).repeat_interleave(H // KV, 1)
+    vals = torch.cat([pv.expand(R, -1, -1, -1), sv], 2).repeat_interleave(H // KV, 1)
+    scores = (q @ keys.transpose(-1, -2)) / d ** 0.5
+    want = torch.softmax(scores.masked_fill(~full_mask, float("-inf")), -1) @ vals
+
+    class Module:
+        _mf_shared_prefix = sp.SharedPrefixLayer(pk, pv)
+
+    mask = full_mask[None, None].expand(R, 1, -1, -1) if masked else None
+    got, _ = sp.prefix_attention(Module, q, sk, sv, mask)
+    assert torch.allclose(got.transpose(1, 2), want, atol=1e-5)
+    for causal in (False, True):  # the maths path, in chunks, against the fused kernel
+        k2, v2 = sk[..., -q_len:, :], sv[..., -q_len:, :]
+        small = sp._lse_attention(q, k2, v2, d ** -0.5, None, chunk=2, fused=False, causal=causal)
+        fused = sp._lse_attention(q, k2, v2, d ** -0.5, None, causal=causal)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(small, fused))
+    if masked:  # a mask that is not the plain causal one (padding, edited edges) is refused, not ignored
+        for bad in (torch.ones_like(mask), mask.clone().index_fill_(-1, torch.tensor([0]), False)):
+            with pytest.raises(RuntimeError, match="plain causal mask"):
+                sp.prefix_attention(Module, q, sk, sv, bad)
+    if q_len > 1:  # a chunk of queries shorter than the suffix (the maths path with a bottom-right causal mask)
+        got_sub, _ = sp.prefix_attention(Module, q[..., -3:, :], sk, sv, full_mask[-3:][None, None])
+        assert torch.allclose(got_sub.transpose(1, 2), want[..., -3:, :], atol=1e-5)

@@ -417,3 +417,12 @@ def test_specificity_interval_is_a_paired_bootstrap():
     assert metric_scale("flickr_PPL") == 1.0 and metric_scale("shapes_CIDEr") == 100.0
     with pytest.raises(ValueError, match="paired samples"):
         specificity(effect, [Paired("cap", [1, 0], [1])])
+
+
+def test_random_controls_of_a_hybrid_decoder_draw_from_layers_with_heads():
+    targeted = [Head(1, 0), Head(3, 2)]
+    for s in range(10):
+        drawn = random_any(targeted, (1, 3), 4, seed=s)
+        assert {h.layer for h in drawn} <= {1, 3} and not set(drawn) & set(targeted) and len(drawn) == 2
+    # a count and the same layers as a tuple draw the same heads (the CI baselines' random sets do not move)
+    assert random_any(targeted, 4, 4, seed=3) == random_any(targeted, (0, 1, 2, 3), 4, seed=3)

@@ -23,7 +23,7 @@ with exact ablation where both are computed.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from typing import Sequence
 
 import torch
@@ -31,10 +31,11 @@ from tqdm import tqdm
 
 from mf_harness.analysis.samples import Sample, encode_samples
 from mf_harness.core.arch import geometry, resolve
-from mf_harness.core.hooks import cache_kwarg, intervene, output_cache
-from mf_harness.core.spec import Head, InterventionSpec
+from mf_harness.core.hooks import cache_kwarg, output_cache
+from mf_harness.core.spec import Head
+from mf_harness.lmms.fast_engine import prefix_sharable
 
-__all__ = ["prefix_shared_ablation", "attribution_patching", "SCOPE_SETS"]
+__all__ = ["prefix_shared_ablation", "prefix_shared_knockout", "attribution_patching", "SCOPE_SETS"]
 
 SCOPE_SETS = {"instruction": "instruction", "prompt_text": "prompt_text", "last": "last"}
 
@@ -43,13 +44,17 @@ def _margin(logits: torch.Tensor, s: Sample) -> torch.Tensor:
     return logits[..., s.compliant_ids].max(-1).values - logits[..., s.competing_ids].max(-1).values
 
 
-def _expand_to(rows: int):
-    """Forward pre-hook of a decoder layer: one row of hidden states in, ``rows`` identical rows out."""
-    def pre(module, args, kwargs):
-        if args:
-            return (args[0].expand(rows, -1, -1).contiguous(), *args[1:]), kwargs
-        kwargs["hidden_states"] = kwargs["hidden_states"].expand(rows, -1, -1).contiguous()
-        return args, kwargs
+def _fork_blocked(heads: Sequence[int], rel: torch.Tensor, head_dim: int):
+    """Forward pre-hook of one layer's ``o_proj``: the clean row's per-head outputs in, one row per head out,
+    row r with head ``heads[r]`` zeroed at the suffix positions ``rel`` (what a block does at that site)."""
+    def pre(module, args):
+        x = args[0]
+        if x.shape[0] != 1:
+            raise RuntimeError(f"the fork expects the one clean row at o_proj, got {x.shape[0]} rows")
+        rows = x.expand(len(heads), -1, -1).clone()
+        for r, h in enumerate(heads):
+            rows[r, rel, h * head_dim:(h + 1) * head_dim] *= 0
+        return (rows, *args[1:])
     return pre
 
 
@@ -58,19 +63,22 @@ def prefix_shared_ablation(lm, samples: Sequence[Sample], scope: str, heads: Seq
     """Rows as `ablation_effects` returns them, or None when prefix sharing does not apply here.
 
     Per sample: the prefix runs once into a KV cache; the unintervened suffix runs once (the clean
-    margin); then the heads go layer by layer, each head a row: layers below the heads' layer are
-    identical to the clean run for every row, so the suffix goes through them as one row and is
-    copied into the heads' rows at their layer (a pre-hook on that decoder layer), whose KV cache
-    rows are the prefix's repeated. Only the final position's logits are computed."""
+    margin); then the heads go layer by layer, each head a row. Up to a head's layer every row is
+    the clean run, so the suffix goes through as one row, and at that layer the attention too (the
+    block acts after it): the rows fork at the layer's ``o_proj`` input, each with its head zeroed
+    at the scope's positions, and carry on through the layers above, whose cache holds the prefix
+    once for all rows (`mf_harness.core.shared_prefix`; repeated per row where the model's attention
+    implementation does not allow that). Only the final position's logits are computed."""
     from transformers import DynamicCache
 
-    from mf_harness.lmms.fast_engine import MultiSpecRunner
+    from mf_harness.core.shared_prefix import continue_prefix, shared_prefix_attention, supports_shared_prefix
 
-    if scope not in SCOPE_SETS or not lm.row.rope_3d:
+    if scope not in SCOPE_SETS or not prefix_sharable(lm):
         return None
     model = lm.model
-    decoder_layers = resolve(model)[1]
-    runner = MultiSpecRunner(lm, max_rows=max_rows)
+    o_projs = resolve(model)[3]
+    head_dim = geometry(model).head_dim
+    share_kv = supports_shared_prefix(model)
     by_layer: dict[int, list[Head]] = {}
     for h in heads:
         by_layer.setdefault(h.layer, []).append(h)
@@ -79,10 +87,12 @@ def prefix_shared_ablation(lm, samples: Sequence[Sample], scope: str, heads: Seq
                disable=not progress)
     for s in samples:
         enc = lm.codec.encode([s.rendered], [s.images])
-        p = min(s.token_sets[SCOPE_SETS[scope]])
-        if p <= lm.codec.last_image_position(enc["input_ids"][0]):
+        scope_pos = s.token_sets[SCOPE_SETS[scope]]
+        p = min(scope_pos)
+        if p <= lm.codec.last_image_position(enc["input_ids"][0]) or not bool(enc["attention_mask"].all()):
             return None  # the scope starts inside the image: nothing to share
         enc = enc.to(lm.device)
+        rel = torch.tensor([q - p for q in scope_pos], device=lm.device)
         per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
         suffix = {k: v[:, p:] for k, v in enc.items() if k in per_token and k != "attention_mask"}
         with torch.inference_mode():
@@ -93,34 +103,83 @@ def prefix_shared_ablation(lm, samples: Sequence[Sample], scope: str, heads: Seq
                                         use_cache=True))
             deltas = getattr(model.model, "rope_deltas", None)  # every forward starts from the prefix pass's
 
-            def run(plan, cache):
+            def run(cache):
                 if hasattr(model.model, "rope_deltas"):
                     model.model.rope_deltas = deltas
-                with intervene(model, plan):
-                    out = model(**suffix, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
+                out = model(**suffix, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
                 return _margin(out.logits[:, -1].float(), s).cpu()
 
-            clean = run(None, copy.deepcopy(prefix))[0]
+            clean = run(continue_prefix(prefix, model.config, 1, share=False))[0]
             for layer, group in sorted(by_layer.items()):
                 for start in range(0, len(group), max_rows):
                     chunk = group[start:start + max_rows]
                     R = len(chunk)
-                    specs = [InterventionSpec(block=[h], scope=scope) for h in chunk]
-                    plan = runner.plan(specs, s.rendered, s.user_text, enc.to("cpu"), s.doc, s.label)
-                    cache = copy.deepcopy(prefix)
-                    for i in range(layer, len(decoder_layers)):
-                        cache.layers[i].batch_repeat_interleave(R)
-                    hook = decoder_layers[layer].register_forward_pre_hook(_expand_to(R), with_kwargs=True)
+                    cache = continue_prefix(prefix, model.config, R, from_layer=layer + 1, share=share_kv)
+                    hook = o_projs[layer].register_forward_pre_hook(_fork_blocked([h.head for h in chunk], rel,
+                                                                                  head_dim))
                     try:
-                        m = run(plan, cache)
+                        with shared_prefix_attention(model, cache) if share_kv else contextlib.nullcontext():
+                            m = run(cache)
                     finally:
                         hook.remove()
+                    if m.shape[0] != R:
+                        raise RuntimeError(f"the fork at layer {layer} gave {m.shape[0]} rows, not {R}")
                     for h, a in zip(chunk, m):
                         rows.append(dict(sample_id=s.sample_id, follow=s.follow, layer=h.layer, head=h.head,
                                          effect=float(clean - a)))
                     bar.update(R)
     bar.close()
     return rows
+
+
+def prefix_shared_knockout(lm, s: Sample, src: str, dest: str, windows: Sequence[range], max_rows: int = 64
+                           ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Final-position logits of one sample with the edges ``src -> dest`` cut in each window, per chunk of
+    windows: (clean [V], cut [windows in the chunk, V]), the clean row run in the same batch (a cut that
+    removes nothing gives the clean logits bit for bit); or None where prefix sharing does not apply
+    (``dest`` starts inside the image, a non-Qwen family). Positions before ``dest``'s first token are
+    unchanged by the cut: the prefix runs once into a KV cache and each window is a row over the suffix,
+    with the prefix's cache repeated per row (the cut edits each row's attention mask;
+    `mf_harness.analysis.measures.cut_edges`)."""
+    from transformers import DynamicCache
+
+    from mf_harness.analysis.measures import cut_edges
+    from mf_harness.core.shared_prefix import continue_prefix
+
+    if not prefix_sharable(lm) or not s.token_sets.get(dest):
+        return None
+    model = lm.model
+    enc = lm.codec.encode([s.rendered], [s.images])
+    p = min(s.token_sets[dest])
+    if p <= lm.codec.last_image_position(enc["input_ids"][0]) or not bool(enc["attention_mask"].all()):
+        return None
+    enc = enc.to(lm.device)
+    per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
+    d = torch.tensor(s.token_sets[dest], dtype=torch.long)
+    sp = torch.tensor(s.token_sets[src], dtype=torch.long)
+    cuts = []
+    with torch.inference_mode():
+        if hasattr(model.model, "rope_deltas"):
+            model.model.rope_deltas = None
+        pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
+        prefix = output_cache(model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)}, use_cache=True))
+        deltas = getattr(model.model, "rope_deltas", None)
+
+        def run(R, cut=None):
+            if hasattr(model.model, "rope_deltas"):
+                model.model.rope_deltas = deltas
+            feed = {k: v[:, p:].expand(R, -1) for k, v in enc.items() if k in per_token and k != "attention_mask"}
+            cache = continue_prefix(prefix, model.config, R, share=False)
+            with cut if cut is not None else contextlib.nullcontext():
+                out = model(**feed, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1].float()
+
+        for start in range(0, len(windows), max_rows - 1):
+            chunk = [range(0)] + list(windows[start:start + max_rows - 1])  # row 0: clean, in the same batch
+            layers = sorted({l for w in chunk for l in w})
+            logits = run(len(chunk), cut_edges(model, layers, [d] * len(chunk), [sp] * len(chunk), row_layers=chunk))
+            cuts.append((logits[0], logits[1:]))
+    return cuts
 
 
 class _Grads:
@@ -144,7 +203,8 @@ class _Grads:
         for q, _ in self.params:
             q.requires_grad_(False)
         self.handles = [self.model.get_input_embeddings().register_forward_hook(leaf)]
-        self.handles += [o.register_forward_pre_hook(keep(i)) for i, o in enumerate(resolve(self.model)[3])]
+        self.handles += [o.register_forward_pre_hook(keep(i)) for i, o in enumerate(resolve(self.model)[3])
+                         if o is not None]  # (None: a hybrid decoder's layer without heads)
         self.grad = torch.enable_grad()
         self.grad.__enter__()
         return self
@@ -162,7 +222,7 @@ def _atp_prefix_shared(lm, s: Sample, scope: str) -> torch.Tensor | None:
     before the scope lies on a path from a scope position to the margin), or None where that cannot apply."""
     from transformers import DynamicCache
 
-    if scope not in SCOPE_SETS or not lm.row.rope_3d:
+    if scope not in SCOPE_SETS or not prefix_sharable(lm):
         return None
     model = lm.model
     geo = geometry(model)
@@ -184,7 +244,7 @@ def _atp_prefix_shared(lm, s: Sample, scope: str) -> torch.Tensor | None:
         _margin(out.logits[0, -1].float(), s).backward()
         rel = torch.tensor([q - p for q in scope_pos])
     return torch.stack([(x.grad[0, rel] * x[0, rel]).detach().float().view(len(rel), geo.num_heads, geo.head_dim)
-                        .sum(dim=(0, 2)).cpu() for x in g.z])
+                        .sum(dim=(0, 2)).cpu() for x in g.z])  # prefix sharing: never a hybrid decoder
 
 
 def attribution_patching(lm, samples: Sequence[Sample], scope: str = "instruction", batch_size: int = 8,
@@ -222,7 +282,7 @@ def attribution_patching(lm, samples: Sequence[Sample], scope: str = "instructio
             sum(_margin(logits[b], s) for b, s in enumerate(batch)).backward()
         z = g.z
         m = mask.to(device)[..., None].float()
-        for layer in range(geo.num_layers):
+        for layer in geo.head_layers:
             x = z[layer]
             # per head: sum over the scope's positions and the head's dimensions of grad * activation
             contrib = (x.grad * x).detach().float() * m  # [B, S, H * d]

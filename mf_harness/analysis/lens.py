@@ -49,7 +49,7 @@ class Trace:
     resid: list[torch.Tensor]  # per layer, [B, P, D]  (after the layer)
     attn: list[torch.Tensor]  # per layer, [B, P, D]
     mlp: list[torch.Tensor]  # per layer, [B, P, D]
-    z: list[torch.Tensor]  # per layer, [B, P, H, d]
+    z: list[torch.Tensor | None]  # per layer, [B, P, H, d] (None: a layer without heads, hybrid decoders)
     logits: torch.Tensor | None = None  # [B, P, V] final logits at the positions (if asked)
 
 
@@ -75,8 +75,14 @@ def _recording(model, index: torch.Tensor, store: dict):
     handles.append(layers[0].register_forward_pre_hook(emb_hook, with_kwargs=True))
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(lambda m, a, o, i=i: store["resid"].__setitem__(i, gather(_out(o)))))
-        handles.append(oprojs[i].register_forward_hook(lambda m, a, o, i=i: store["attn"].__setitem__(i, gather(o))))
-        handles.append(oprojs[i].register_forward_pre_hook(lambda m, a, i=i: store["z"].__setitem__(i, gather(a[0]))))
+        if oprojs[i] is None:  # a hybrid decoder's linear-attention layer: its token mixer's output, no heads
+            mixer = getattr(layer, "linear_attn", None)
+            if mixer is None:
+                raise RuntimeError(f"{row.family}: layer {i} has neither {row.attn} nor linear_attn")
+            handles.append(mixer.register_forward_hook(lambda m, a, o, i=i: store["attn"].__setitem__(i, gather(_out(o)))))
+        else:
+            handles.append(oprojs[i].register_forward_hook(lambda m, a, o, i=i: store["attn"].__setitem__(i, gather(o))))
+            handles.append(oprojs[i].register_forward_pre_hook(lambda m, a, i=i: store["z"].__setitem__(i, gather(a[0]))))
         mlp = getattr(layer, "mlp", None)
         if mlp is None:
             raise RuntimeError(f"{row.family}: layer {i} has no mlp module")
@@ -111,7 +117,7 @@ def capture(model, inputs, positions: list[torch.Tensor], with_logits: bool = Fa
     if with_logits:
         idx = index.to(out.logits.device)
         logits = torch.gather(out.logits, 1, idx[..., None].expand(-1, -1, out.logits.shape[-1])).float()
-    z = [t.view(B, P, geo.num_heads, geo.head_dim) for t in store["z"]]
+    z = [t.view(B, P, geo.num_heads, geo.head_dim) if t is not None else None for t in store["z"]]
     return Trace(positions=index, valid=valid, embed=store["embed"], resid=store["resid"], attn=store["attn"],
                  mlp=store["mlp"], z=z, logits=logits)
 

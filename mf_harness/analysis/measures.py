@@ -75,7 +75,8 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
     geo = geometry(model)
     L = geo.num_layers
     rl = readout_layer % L
-    W_O = [o.weight.detach().float() for o in resolve(model)[3]]
+    HL = geo.head_layers  # layers with heads (all but a hybrid decoder's linear-attention layers)
+    W_O = [resolve(model)[3][l].weight.detach().float() for l in HL]
     rows_lens, rows_layers, rows_heads = [], [], []
     for batch in tqdm(list(_batches(samples, batch_size)), desc="lens+attribution", disable=not progress):
         enc, offsets = encode_samples(lm, batch)
@@ -85,7 +86,7 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
         tr = capture(model, enc, pos, with_logits=True)
         dev = tr.resid[0].device
         U = ro.W_U.to(dev) * ro.gain.to(dev)  # [T, D]
-        UW = torch.stack([(U @ W_O[l].to(dev)).view(-1, geo.num_heads, geo.head_dim) for l in range(L)])  # [L,T,H,d]
+        UW = torch.stack([(U @ w.to(dev)).view(-1, geo.num_heads, geo.head_dim) for w in W_O])  # [L_h,T,H,d]
         layers_idx = torch.arange(L, device=dev)[:, None]
         for b, s in enumerate(batch):
             n_ins = len(s.token_sets["instruction"])
@@ -97,8 +98,8 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
             scale = rms_scale(ro, resid)  # [L, P, 1]
             comps = {name: component_logits(ro, torch.stack([t[b] for t in site_list]), scale)
                      for name, site_list in (("attn", tr.attn), ("mlp", tr.mlp))}
-            z = torch.stack([t[b] for t in tr.z]).float()  # [L, P, H, d]
-            heads = torch.einsum("lphd,lthd->lpht", z, UW) * scale[rl][None, :, :, None]  # [L, P, H, T] at layer rl
+            z = torch.stack([tr.z[l][b] for l in HL]).float()  # [L_h, P, H, d]
+            heads = torch.einsum("lphd,lthd->lpht", z, UW) * scale[rl][None, :, :, None]  # [L_h, P, H, T] at layer rl
             for site, rows, kk in (("instruction", range(n_ins), k), ("instruction_final", range(n_ins - 1, n_ins), 1),
                                    ("last", range(n_ins, n_ins + 1), 1)):
                 valid = torch.zeros(full.shape[1], dtype=torch.bool, device=dev)
@@ -128,11 +129,11 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
                 # per-head DLA to the readout layer's margin, on the positions/tokens that readout selected
                 (_, pc, tc), (_, po, to) = (sel["c"][0], sel["c"][1][rl], sel["c"][2][rl]), \
                     (sel["o"][0], sel["o"][1][rl], sel["o"][2][rl])
-                hc = (heads[:, pc, :, tc].mean(0) - heads[:, po, :, to].mean(0)).tolist()  # [L, H]
-                for l in range(L):
+                hc = (heads[:, pc, :, tc].mean(0) - heads[:, po, :, to].mean(0)).tolist()  # [L_h, H]
+                for j, l in enumerate(HL):
                     for hh in range(geo.num_heads):
                         rows_heads.append(dict(sample_id=s.sample_id, follow=s.follow, site=site, layer=l, head=hh,
-                                               contribution=hc[l][hh]))
+                                               contribution=hc[j][hh]))
     return {"lens": rows_lens, "layers": rows_layers, "heads": rows_heads}
 
 
@@ -194,7 +195,7 @@ def ablation_effects(lm, samples: Sequence[Sample], scope: str = "instruction", 
     otherwise one forward per head per batch (each batch is encoded once). Same numbers either way.
     """
     geo = geometry(lm.model)
-    heads = list(heads) if heads is not None else [Head(l, h) for l in range(geo.num_layers)
+    heads = list(heads) if heads is not None else [Head(l, h) for l in geo.head_layers
                                                     for h in range(geo.num_heads)]
     if share_prefix:
         from mf_harness.analysis.attribution import prefix_shared_ablation
@@ -219,8 +220,10 @@ def ablation_effects(lm, samples: Sequence[Sample], scope: str = "instruction", 
 
 
 @contextmanager
-def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: Sequence[torch.Tensor]):
-    """Remove attention edges src -> dest (absolute positions per row) for every head in ``layers``.
+def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: Sequence[torch.Tensor],
+              row_layers: Sequence[range] | None = None):
+    """Remove attention edges src -> dest (absolute positions per row) for every head in ``layers``
+    (per row: in the layers of ``row_layers[b]`` only, when given).
 
     Edits the ``attention_mask`` each attention module receives: the float mask (eager) gets
     the dtype's minimum, the boolean mask (sdpa) gets False, and a missing mask (sdpa without
@@ -232,9 +235,11 @@ def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: S
     handles = []
     state = {}
 
-    def cut_matrix(q_len, k_len, offset, device):
+    def cut_matrix(q_len, k_len, offset, device, layer):
         C = torch.zeros(B, q_len, k_len, dtype=torch.bool, device=device)
         for b in range(B):
+            if row_layers is not None and layer not in row_layers[b]:
+                continue
             d = dest[b].to(device)
             d = d[(d >= offset) & (d < offset + q_len)] - offset
             if d.numel() == 0 or src[b].numel() == 0:
@@ -252,7 +257,7 @@ def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: S
         offset = int(cache.get_seq_length(module.layer_idx)) if cache is not None else 0
         k_len = offset + q_len
         mask = kwargs.get("attention_mask")
-        C = cut_matrix(q_len, k_len, offset, h.device)
+        C = cut_matrix(q_len, k_len, offset, h.device, module.layer_idx)
         if not C.any():
             return None
         if mask is None:
@@ -295,30 +300,50 @@ def nssd(p_logits: torch.Tensor, q_logits: torch.Tensor, ec: Sequence[int], eo: 
 
 
 def knockout_nssd(lm, samples: Sequence[Sample], src: str, dest: str, window: int = 9, batch_size: int = 8,
-                  layers: Sequence[int] | None = None, progress: bool = True) -> list[dict]:
-    """NSSD and decision change per sample for a knockout src -> dest centred on each layer."""
+                  layers: Sequence[int] | None = None, progress: bool = True, share_prefix: bool = True) -> list[dict]:
+    """NSSD and decision change per sample for a knockout src -> dest centred on each layer.
+
+    Cutting edges into ``dest`` leaves every position before its first token unchanged, so where that
+    lies after the image (``dest`` = instruction, last, ...) each sample's prefix runs once and every
+    window is a row of one batched forward over the suffix
+    (`mf_harness.analysis.attribution.prefix_shared_knockout`); elsewhere whole prompts in batches."""
+    from mf_harness.analysis.attribution import prefix_shared_knockout
+
     model = lm.model
     L = geometry(model).num_layers
     centers = list(layers) if layers is not None else list(range(L))
     half = window // 2
+    windows = [range(max(0, c - half), min(L, c + half + 1)) for c in centers]
     rows = []
+
+    def add(s, clean, cut, c, win):
+        before = bool(clean[s.compliant_ids].max() > clean[s.competing_ids].max())
+        after = bool(cut[s.compliant_ids].max() > cut[s.competing_ids].max())
+        rows.append(dict(sample_id=s.sample_id, follow=s.follow, src=src, dest=dest, layer=c,
+                         window=f"{win.start}-{win.stop - 1}",
+                         nssd=nssd(clean, cut, s.compliant_ids, s.competing_ids),
+                         compliant_before=before, compliant_after=after))
+
+    rest = []
+    for s in tqdm(samples, desc=f"knockout {src}->{dest} (prefix shared)", disable=not progress or not share_prefix):
+        got = prefix_shared_knockout(lm, s, src, dest, windows) if share_prefix else None
+        if got is None:
+            rest.append(s)
+            continue
+        cuts = [(clean, row) for clean, rows_ in got for row in rows_]
+        for c, win, (clean, row) in zip(centers, windows, cuts):
+            add(s, clean, row, c, win)
     device = next(model.parameters()).device
-    for batch in tqdm(list(_batches(samples, batch_size)), desc=f"knockout {src}->{dest}", disable=not progress):
+    for batch in tqdm(list(_batches(rest, batch_size)), desc=f"knockout {src}->{dest}", disable=not progress or not rest):
         enc, offsets = encode_samples(lm, batch)
         feed = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in enc.items()}
         d = [torch.tensor([o + p for p in s.token_sets[dest]], dtype=torch.long) for s, o in zip(batch, offsets)]
         sp = [torch.tensor([o + p for p in s.token_sets[src]], dtype=torch.long) for s, o in zip(batch, offsets)]
         with torch.inference_mode():
             clean = model(**feed).logits[:, -1].float()
-        for c in centers:
-            win = range(max(0, c - half), min(L, c + half + 1))
+        for c, win in zip(centers, windows):
             with torch.inference_mode(), cut_edges(model, win, d, sp):
                 cut = model(**feed).logits[:, -1].float()
             for b, s in enumerate(batch):
-                before = bool(clean[b, s.compliant_ids].max() > clean[b, s.competing_ids].max())
-                after = bool(cut[b, s.compliant_ids].max() > cut[b, s.competing_ids].max())
-                rows.append(dict(sample_id=s.sample_id, follow=s.follow, src=src, dest=dest, layer=c,
-                                 window=f"{win.start}-{win.stop - 1}",
-                                 nssd=nssd(clean[b], cut[b], s.compliant_ids, s.competing_ids),
-                                 compliant_before=before, compliant_after=after))
+                add(s, clean[b], cut[b], c, win)
     return rows

@@ -8,9 +8,12 @@ spec. `MultiSpecRunner.generate` therefore, per sample:
 1. renders and encodes the prompt once (as the lmms-eval wrapper does);
 2. runs the prefix ``[0, p)`` once, vision tower included, into a KV cache (this is the
    only place the image is encoded);
-3. repeats that cache over R rows, row i carrying spec i (the unintervened baseline is just
+3. continues that cache with R rows, row i carrying spec i (the unintervened baseline is just
    an empty spec), and lets ``generate`` compute only the suffix ``[p, L)`` and the new
    tokens, with a per-row `HeadPlan` (positions are absolute, so the hooks need no change).
+   The prefix's keys and values are stored once, not per row (`mf_harness.core.shared_prefix`:
+   the rows' attention over the prefix is one call against the one copy); where the model's
+   attention implementation does not allow that (flash-attention-2), the cache is repeated per row.
 
 Exact against one spec at a time (same tokens; logits equal within float tolerance; Qwen's
 3-D mrope positions come from the prefix pass's ``rope_deltas``), tested on the tiny
@@ -22,26 +25,35 @@ same prefix cache.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from typing import Sequence
 
 import torch
 from loguru import logger
 
 from mf_harness.core.hooks import HeadPlan, cache_kwarg, intervene, output_cache
+from mf_harness.core.shared_prefix import continue_prefix, shared_prefix_attention, supports_shared_prefix
 from mf_harness.core.spec import InterventionSpec
 from mf_harness.lmms.model import parse_gen_kwargs
 
-__all__ = ["MultiSpecRunner"]
+__all__ = ["MultiSpecRunner", "prefix_sharable"]
+
+
+def prefix_sharable(lm) -> bool:
+    """Whether a prompt prefix's KV cache can be computed once and continued per row on this model: 3-D position
+    families (their positions come from the prefix pass's rope deltas; validated on Qwen2/2.5/3-VL(-MoE) and
+    GLM-4V), and no hybrid decoder (a linear-attention layer's recurrent state is not a KV cache)."""
+    return lm.row.rope_3d and lm.geometry.attn_layers is None
 
 
 class MultiSpecRunner:
     """Evaluate R specs on one prompt in one batched, prefix-shared generate (see module doc)."""
 
-    def __init__(self, lm, max_rows: int = 64, share_prefix: bool = True) -> None:
+    def __init__(self, lm, max_rows: int = 64, share_prefix: bool = True, share_kv: bool = True) -> None:
         self.lm = lm
         self.max_rows = max_rows
         self.share_prefix = share_prefix
+        self.share_kv = share_kv  # the prefix's KV stored once (`mf_harness.core.shared_prefix`), not per row
         self._warned: set[str] = set()
         self.stats = {"prefix_passes": 0, "suffix_rows": 0, "fallbacks": 0}
 
@@ -64,8 +76,9 @@ class MultiSpecRunner:
             p = L - 1  # nothing intervenes on the prompt: share all but the last token
         else:
             p = int(plan.mask.any(0).nonzero().min())
-        if not self.lm.row.rope_3d:
-            self._warn_once(f"prefix sharing is validated for the Qwen families only, not {self.lm.family}")
+        if not prefix_sharable(self.lm):
+            self._warn_once(f"prefix sharing is validated for the families with 3-D positions (Qwen, GLM-4V) "
+                            f"and full attention in every layer, not {self.lm.family}")
             return 0
         if p <= self.lm.codec.last_image_position(enc["input_ids"][0]):
             self._warn_once("a spec acts at or before the image tokens (scope prompt/all?)")
@@ -108,6 +121,9 @@ class MultiSpecRunner:
             # the prefix pass's mrope deltas (None for a text-only prompt, or without sharing: each chunk's
             # generate computes its own for its rows); every chunk starts from them, never from the previous chunk's
             deltas = getattr(model.model, "rope_deltas", None)
+            # the prefix's KV once for all rows (one unpadded prompt), where the model's attention allows it
+            share_kv = (prefix_cache is not None and self.share_kv and supports_shared_prefix(model)
+                        and bool(enc["attention_mask"].all()))
             for start in range(0, len(specs), self.max_rows):
                 rows = slice(start, min(len(specs), start + self.max_rows))
                 R = rows.stop - rows.start
@@ -124,12 +140,14 @@ class MultiSpecRunner:
                         feed[k] = v.repeat(R, 1)  # positions only; pixel_values are not needed past the prefix
                 if hasattr(model.model, "rope_deltas"):
                     model.model.rope_deltas = deltas
+                shared = contextlib.nullcontext()
                 if prefix_cache is not None:
-                    cache = copy.deepcopy(prefix_cache)
-                    cache.batch_repeat_interleave(R)
+                    cache = continue_prefix(prefix_cache, model.config, R, share=share_kv)
                     feed[cache_kwarg(model)] = cache
+                    if share_kv:
+                        shared = shared_prefix_attention(model, cache)
                 self.stats["suffix_rows"] += R
-                with intervene(model, sub):
+                with intervene(model, sub), shared:
                     out = model.generate(**feed, pad_token_id=tok.pad_token_id, use_cache=True, **lm.stop_kwargs, **kw)
                 texts = tok.batch_decode(out[:, L:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
                 for t in texts:

@@ -91,7 +91,7 @@ def run_score(specs: Sequence[InterventionSpec], out: str | Path, *, model_args:
         raise MfHarnessError(f"model_args must be key=value pairs separated by commas; got {model_args!r}") from None
     lm = IntervenedHF(batch_size=batch_size, **{k: v for k, v in margs.items() if k != "batch_size"})
     for _, spec, _ in configs:
-        spec.validate_for(lm.geometry.num_layers, lm.geometry.num_heads, lm.model_name)
+        spec.validate_for(lm.geometry.num_layers, lm.geometry.num_heads, lm.model_name, lm.geometry.attn_layers)
     t0 = time.time()
     sets = []
     for name, spec, cfg in configs:

@@ -243,18 +243,22 @@ def random_matched(targeted: Sequence[Head], num_heads: int, seed: int, salt: st
     return tuple(sorted(chosen))
 
 
-def random_any(targeted: Sequence[Head], num_layers: int, num_heads: int, seed: int, salt: str = "") -> tuple[Head, ...]:
-    """``len(targeted)`` random heads from all the model's non-targeted heads (any layer)."""
+def random_any(targeted: Sequence[Head], num_layers: int | Sequence[int], num_heads: int, seed: int,
+               salt: str = "") -> tuple[Head, ...]:
+    """``len(targeted)`` random heads from all the model's non-targeted heads (any layer with heads: ``num_layers``
+    is a count, or the layers that have heads in a hybrid decoder)."""
     rng = random.Random(f"any|{salt}|{seed}|{','.join(map(str, sorted(targeted)))}")
     taken = set(targeted)
-    pool = [Head(l, h) for l in range(num_layers) for h in range(num_heads) if Head(l, h) not in taken]
+    layers = range(num_layers) if isinstance(num_layers, int) else num_layers
+    pool = [Head(l, h) for l in layers for h in range(num_heads) if Head(l, h) not in taken]
     if len(pool) < len(targeted):
-        pool = [Head(l, h) for l in range(num_layers) for h in range(num_heads)]
+        pool = [Head(l, h) for l in layers for h in range(num_heads)]
     return tuple(sorted(rng.sample(pool, len(targeted))))
 
 
-def plan_cells(cfg: SweepConfig, rankings: dict[str, list[Head]], num_layers: int, num_heads: int) -> list[Cell]:
-    total = num_layers * num_heads
+def plan_cells(cfg: SweepConfig, rankings: dict[str, list[Head]], num_layers: int | Sequence[int],
+               num_heads: int) -> list[Cell]:
+    total = (num_layers if isinstance(num_layers, int) else len(num_layers)) * num_heads
     unknown = set(cfg.controls) - set(CONTROLS)
     if unknown:
         raise MfHarnessError(f"unknown control(s) {sorted(unknown)}; known: {', '.join(CONTROLS)}")
@@ -343,11 +347,11 @@ def run_sweep(cfg: SweepConfig, out: str | Path, progress: bool = True, lm=None)
         raise MfHarnessError("the sweep's model_args must not carry a spec (the sweep sets one per cell)")
     if cfg.head_set is not None:
         spec = cfg.spec_of_head_set()
-        spec.validate_for(lm.geometry.num_layers, lm.geometry.num_heads, lm.model_name)
+        spec.validate_for(lm.geometry.num_layers, lm.geometry.num_heads, lm.model_name, lm.geometry.attn_layers)
         rankings = {f: sorted(spec.block or spec.amplify) for f in cfg.follows}
     else:
         rankings = load_rankings(cfg.rankings)
-    cells = plan_cells(cfg, rankings, lm.geometry.num_layers, lm.geometry.num_heads)
+    cells = plan_cells(cfg, rankings, lm.geometry.head_layers, lm.geometry.num_heads)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     rank, world = lm.rank, lm.world_size  # data parallel: see `mf_harness.runs.cells.run_fast`
     if manifest is None and rank == 0:
