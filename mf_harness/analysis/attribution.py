@@ -5,9 +5,12 @@ position before the first intervened token unchanged, so per sample the prefix `
 prompt, image, context) runs once into a KV cache, vision tower included, and every head's ablation
 is a row of a batched forward over the suffix ``[p, L)`` only (`mf_harness.lmms.fast_engine.MultiSpecRunner`
 does the same for generate). Heads go layer by layer: the layers below a head's layer compute the
-same suffix for every row, so they run once and the rows fork at the head's layer. The margins
+same suffix for every row, so they run once, and so does the head's own layer up to its attention
+output: the rows fork at that layer's ``o_proj`` input, where the block acts. Above it the rows'
+cache holds the prefix's keys and values once (`mf_harness.core.shared_prefix`). The margins
 equal one full forward per head (tested to 1e-5). It applies where the fast engine's prefix sharing
-does (Qwen families; a scope that starts after the last image token); elsewhere
+does (`mf_harness.lmms.fast_engine.prefix_sharable`: families with 3-D positions, Qwen and GLM-4V,
+not hybrid decoders; a scope that starts after the last image token); elsewhere
 `mf_harness.analysis.measures.ablation_effects` runs its per-head forwards.
 
 **Attribution patching** (Nanda 2023; Kramar et al. 2024, AtP*): one forward and one backward give
@@ -137,7 +140,7 @@ def prefix_shared_knockout(lm, s: Sample, src: str, dest: str, windows: Sequence
     """Final-position logits of one sample with the edges ``src -> dest`` cut in each window, per chunk of
     windows: (clean [V], cut [windows in the chunk, V]), the clean row run in the same batch (a cut that
     removes nothing gives the clean logits bit for bit); or None where prefix sharing does not apply
-    (``dest`` starts inside the image, a non-Qwen family). Positions before ``dest``'s first token are
+    (``dest`` starts inside the image, or not `prefix_sharable`). Positions before ``dest``'s first token are
     unchanged by the cut: the prefix runs once into a KV cache and each window is a row over the suffix,
     with the prefix's cache repeated per row (the cut edits each row's attention mask;
     `mf_harness.analysis.measures.cut_edges`)."""
