@@ -289,10 +289,9 @@ _BUILDERS = {
 
 
 def _more():
-    from mf_harness.tiny.builders_2026 import BUILDERS as LATER
-    from mf_harness.tiny.builders_next import BUILDERS
+    from mf_harness.tiny.builders_2026 import BUILDERS
 
-    return {**BUILDERS, **LATER}
+    return BUILDERS
 
 
 _BUILDERS.update(_more())

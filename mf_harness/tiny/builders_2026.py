@@ -1,10 +1,71 @@
-"""Builders of the families added with issue 17, part 2 (GLM-4.1V / GLM-4.5V); see `mf_harness.tiny.builders`."""
+"""Builders of the families added in late 2026 (LLaVA-NeXT, Qwen3.5, GLM-4.1V / GLM-4.5V); see
+`mf_harness.tiny.builders`."""
 
 from __future__ import annotations
 
 from mf_harness.tiny.builders import _text_config
 from mf_harness.tiny.config import TinyConfig, build_tokenizer
-from mf_harness.tiny.templates_2026 import GLM4V_CHAT_TEMPLATE, GLM4V_SPECIAL_TOKENS
+from mf_harness.tiny.templates import QWEN_SPECIAL_TOKENS
+from mf_harness.tiny.templates_2026 import (GLM4V_CHAT_TEMPLATE, GLM4V_SPECIAL_TOKENS, LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE,
+                                             QWEN3_5_CHAT_TEMPLATE)
+
+
+def _build_llava_next(cfg: TinyConfig, extra_text: str):
+    """llava-hf/llava-v1.6-mistral-7b-hf: CLIP ViT + Mistral, AnyRes tiling over grid pinpoints."""
+    from transformers import LlavaNextConfig, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tok = build_tokenizer(["<unk>", "<s>", "</s>", "<image>", "<pad>"], cfg.vocab_target, extra_text,
+                          eos_token="</s>", pad_token="<pad>", bos_token="<s>", add_bos=True,
+                          extra_special_tokens={"image_token": "<image>"})
+    vision = dict(hidden_size=cfg.vision_hidden_size, intermediate_size=cfg.vision_hidden_size * 2,
+                  num_hidden_layers=cfg.vision_depth, num_attention_heads=cfg.vision_heads, image_size=28,
+                  patch_size=14, projection_dim=cfg.vision_hidden_size)
+    # the real pinpoints ([[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]) over 336 px tiles,
+    # scaled to 28 px tiles of 2x2 patches
+    pinpoints = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
+    config = LlavaNextConfig(vision_config=dict(model_type="clip_vision_model", **vision),
+                             text_config=dict(model_type="mistral", **_text_config(cfg, tok)),
+                             image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
+                             vision_feature_layer=-1, vision_feature_select_strategy="default", image_seq_length=4)
+    ip = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                    image_grid_pinpoints=pinpoints)
+    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=14,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              chat_template=LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE)
+    return tok, config, proc, [tok.eos_token_id]
+
+
+def _build_qwen3_5(cfg: TinyConfig, extra_text: str):
+    """Qwen/Qwen3.5-*: a hybrid decoder, Gated DeltaNet (``linear_attn``, no heads to edit) beside gated full
+    attention (``self_attn``); Qwen3-VL's vision tower without deepstack; Qwen3VLProcessor."""
+    from transformers import Qwen3_5Config, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok = build_tokenizer(QWEN_SPECIAL_TOKENS + ["<think>", "</think>"], cfg.vocab_target, extra_text)
+    n = cfg.num_hidden_layers
+    # the real ones: 3 linear-attention layers, then one full-attention layer; tiny: alternating (1, 3 have heads)
+    layer_types = ["full_attention" if i % 2 else "linear_attention" for i in range(n)]
+    head_dim = 2 * cfg.hidden_size // cfg.num_attention_heads  # o_proj takes heads * head_dim != hidden (as real)
+    rot_half = head_dim // 8  # partial_rotary_factor 0.25: mrope sections sum to head_dim * 0.25 / 2
+    mrope = [rot_half - 2 * (rot_half // 4), rot_half // 4, rot_half // 4]
+    text = _text_config(cfg, tok, head_dim=head_dim, layer_types=layer_types, linear_conv_kernel_dim=4,
+                        linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
+                        linear_num_value_heads=4, rope_parameters={
+                            "rope_type": "default", "rope_theta": 10000000.0, "mrope_section": mrope,
+                            "mrope_interleaved": True, "partial_rotary_factor": 0.25})
+    vision = dict(depth=cfg.vision_depth, hidden_size=cfg.vision_hidden_size,
+                  intermediate_size=cfg.vision_hidden_size * 2, num_heads=cfg.vision_heads,
+                  out_hidden_size=cfg.hidden_size, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                  num_position_embeddings=16)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    config = Qwen3_5Config(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    ip = Qwen2VLImageProcessorPil(min_pixels=32 * 32, max_pixels=32 * 32 * 64, patch_size=16, merge_size=2,
+                                  temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    proc = Qwen3VLProcessor(image_processor=ip, tokenizer=tok, chat_template=QWEN3_5_CHAT_TEMPLATE)
+    return tok, config, proc, [tok.eos_token_id]
 
 
 def _build_glm4v(cfg: TinyConfig, extra_text: str):
@@ -49,6 +110,8 @@ def _build_glm4v(cfg: TinyConfig, extra_text: str):
 
 
 BUILDERS = {
+    "qwen3_5": _build_qwen3_5,
+    "llava_next": _build_llava_next,
     "glm4v": _build_glm4v,
     "glm4v_moe": _build_glm4v,
 }
