@@ -232,3 +232,23 @@ def test_prefix_attention_equals_attention_over_the_concatenated_keys(q_len, mas
     if q_len > 1:  # a chunk of queries shorter than the suffix (the maths path with a bottom-right causal mask)
         got_sub, _ = sp.prefix_attention(Module, q[..., -3:, :], sk, sv, full_mask[-3:][None, None])
         assert torch.allclose(got_sub.transpose(1, 2), want[..., -3:, :], atol=1e-5)
+
+
+def test_prefix_sharing_declines_a_sliding_window_layer(tiny_qwen25_dir):
+    """A sliding-window layer's cache drops the start of a long prefix: such a model is not prefix-shared."""
+    from mf_harness.lmms.fast_engine import prefix_sharable
+
+    lm = IntervenedHF(pretrained=str(tiny_qwen25_dir), min_pixels=56 * 56)
+    assert prefix_sharable(lm)
+    tc = lm.model.config.get_text_config(decoder=True)
+    saved = list(tc.layer_types)
+    try:
+        tc.layer_types = saved[:-1] + ["sliding_attention"]
+        assert not prefix_sharable(lm)
+        runner = MultiSpecRunner(lm)
+        images = lm.visuals(lambda d: [d["image"]], DOC, "doc")
+        rendered, user = lm.codec.render(CTX, 1)
+        enc = lm.codec.encode([rendered], [images])
+        assert runner.prefix_length(runner.plan(SPECS[:2], rendered, user, enc, DOC, "doc"), enc) == 0  # fall back
+    finally:
+        tc.layer_types = saved

@@ -42,8 +42,10 @@ __all__ = ["MultiSpecRunner", "prefix_sharable"]
 def prefix_sharable(lm) -> bool:
     """Whether a prompt prefix's KV cache can be computed once and continued per row on this model: 3-D position
     families (their positions come from the prefix pass's rope deltas; validated on Qwen2/2.5/3-VL(-MoE) and
-    GLM-4V), and no hybrid decoder (a linear-attention layer's recurrent state is not a KV cache)."""
-    return lm.row.rope_3d and lm.geometry.attn_layers is None
+    GLM-4V), full attention in every layer (no hybrid decoder: a linear-attention layer's recurrent state is not
+    a KV cache; no sliding-window layer, whose cache drops the prefix's start)."""
+    types = getattr(lm.model.config.get_text_config(decoder=True), "layer_types", None) or ["full_attention"]
+    return lm.row.rope_3d and lm.geometry.attn_layers is None and set(types) == {"full_attention"}
 
 
 class MultiSpecRunner:
