@@ -47,6 +47,44 @@ def _margin(logits: torch.Tensor, s: Sample) -> torch.Tensor:
     return logits[..., s.compliant_ids].max(-1).values - logits[..., s.competing_ids].max(-1).values
 
 
+class _Prefix:
+    """One sample's prompt before position ``p`` run once into a KV cache (vision tower included; batch 1, never
+    modified), and what every continuation over the suffix ``[p, L)`` feeds: `of` gives None where the prefix
+    cannot be shared (``p`` inside the image, padding, a family that is not `prefix_sharable`)."""
+
+    def __init__(self, lm, enc, per_token: set, p: int, cache, deltas):
+        self.lm, self.enc, self.per_token, self.p, self.cache, self.deltas = lm, enc, per_token, p, cache, deltas
+
+    @classmethod
+    def of(cls, lm, s: Sample, p: int, grad: bool = False) -> "_Prefix | None":
+        from transformers import DynamicCache
+
+        if not prefix_sharable(lm):
+            return None
+        enc = lm.codec.encode([s.rendered], [s.images])
+        if p <= lm.codec.last_image_position(enc["input_ids"][0]) or not bool(enc["attention_mask"].all()):
+            return None
+        enc, model = enc.to(lm.device), lm.model
+        per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
+        # not inference mode where gradients will flow from the suffix: the cache then feeds the graph
+        with torch.no_grad() if grad else torch.inference_mode():
+            if hasattr(model.model, "rope_deltas"):
+                model.model.rope_deltas = None  # recomputed from this prompt by the prefix pass
+            pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
+            cache = output_cache(model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)},
+                                       use_cache=True))
+        return cls(lm, enc, per_token, p, cache, getattr(model.model, "rope_deltas", None))
+
+    def forward(self, cache, rows: int = 1):
+        """The suffix over ``cache`` (a continuation of this prefix) for ``rows`` rows; the last position's logits."""
+        model = self.lm.model
+        if hasattr(model.model, "rope_deltas"):
+            model.model.rope_deltas = self.deltas  # every continuation starts from the prefix pass's positions
+        feed = {k: v[:, self.p:].expand(rows, -1) for k, v in self.enc.items()
+                if k in self.per_token and k != "attention_mask"}
+        return model(**feed, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+
 def _fork_blocked(heads: Sequence[int], rel: torch.Tensor, head_dim: int):
     """Forward pre-hook of one layer's ``o_proj``: the clean row's per-head outputs in, one row per head out,
     row r with head ``heads[r]`` zeroed at the suffix positions ``rel`` (what a block does at that site)."""
@@ -72,8 +110,6 @@ def prefix_shared_ablation(lm, samples: Sequence[Sample], scope: str, heads: Seq
     at the scope's positions, and carry on through the layers above, whose cache holds the prefix
     once for all rows (`mf_harness.core.shared_prefix`; repeated per row where the model's attention
     implementation does not allow that). Only the final position's logits are computed."""
-    from transformers import DynamicCache
-
     from mf_harness.core.shared_prefix import continue_prefix, shared_prefix_attention, supports_shared_prefix
 
     if scope not in SCOPE_SETS or not prefix_sharable(lm):
@@ -89,35 +125,22 @@ def prefix_shared_ablation(lm, samples: Sequence[Sample], scope: str, heads: Seq
     bar = tqdm(total=len(samples) * len(heads), desc=f"single-head ablation at {scope} (prefix shared)",
                disable=not progress)
     for s in samples:
-        enc = lm.codec.encode([s.rendered], [s.images])
         scope_pos = s.token_sets[SCOPE_SETS[scope]]
         p = min(scope_pos)
-        if p <= lm.codec.last_image_position(enc["input_ids"][0]) or not bool(enc["attention_mask"].all()):
+        pre = _Prefix.of(lm, s, p)
+        if pre is None:
             return None  # the scope starts inside the image: nothing to share
-        enc = enc.to(lm.device)
         rel = torch.tensor([q - p for q in scope_pos], device=lm.device)
-        per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
-        suffix = {k: v[:, p:] for k, v in enc.items() if k in per_token and k != "attention_mask"}
         with torch.inference_mode():
-            if hasattr(model.model, "rope_deltas"):
-                model.model.rope_deltas = None  # recomputed from this prompt by the prefix pass
-            pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
-            prefix = output_cache(model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)},
-                                        use_cache=True))
-            deltas = getattr(model.model, "rope_deltas", None)  # every forward starts from the prefix pass's
+            def run(cache):  # one row in (the fork at o_proj makes the rows)
+                return _margin(pre.forward(cache).float(), s).cpu()
 
-            def run(cache):
-                if hasattr(model.model, "rope_deltas"):
-                    model.model.rope_deltas = deltas
-                out = model(**suffix, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
-                return _margin(out.logits[:, -1].float(), s).cpu()
-
-            clean = run(continue_prefix(prefix, model.config, 1, share=False))[0]
+            clean = run(continue_prefix(pre.cache, model.config, 1, share=False))[0]
             for layer, group in sorted(by_layer.items()):
                 for start in range(0, len(group), max_rows):
                     chunk = group[start:start + max_rows]
                     R = len(chunk)
-                    cache = continue_prefix(prefix, model.config, R, from_layer=layer + 1, share=share_kv)
+                    cache = continue_prefix(pre.cache, model.config, R, from_layer=layer + 1, share=share_kv)
                     hook = o_projs[layer].register_forward_pre_hook(_fork_blocked([h.head for h in chunk], rel,
                                                                                   head_dim))
                     try:
@@ -144,38 +167,22 @@ def prefix_shared_knockout(lm, s: Sample, src: str, dest: str, windows: Sequence
     unchanged by the cut: the prefix runs once into a KV cache and each window is a row over the suffix,
     with the prefix's cache repeated per row (the cut edits each row's attention mask;
     `mf_harness.analysis.measures.cut_edges`)."""
-    from transformers import DynamicCache
-
     from mf_harness.analysis.measures import cut_edges
     from mf_harness.core.shared_prefix import continue_prefix
 
-    if not prefix_sharable(lm) or not s.token_sets.get(dest):
+    if not s.token_sets.get(dest):
+        return None
+    pre = _Prefix.of(lm, s, min(s.token_sets[dest]))
+    if pre is None:
         return None
     model = lm.model
-    enc = lm.codec.encode([s.rendered], [s.images])
-    p = min(s.token_sets[dest])
-    if p <= lm.codec.last_image_position(enc["input_ids"][0]) or not bool(enc["attention_mask"].all()):
-        return None
-    enc = enc.to(lm.device)
-    per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
     d = torch.tensor(s.token_sets[dest], dtype=torch.long)
     sp = torch.tensor(s.token_sets[src], dtype=torch.long)
     cuts = []
     with torch.inference_mode():
-        if hasattr(model.model, "rope_deltas"):
-            model.model.rope_deltas = None
-        pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
-        prefix = output_cache(model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)}, use_cache=True))
-        deltas = getattr(model.model, "rope_deltas", None)
-
-        def run(R, cut=None):
-            if hasattr(model.model, "rope_deltas"):
-                model.model.rope_deltas = deltas
-            feed = {k: v[:, p:].expand(R, -1) for k, v in enc.items() if k in per_token and k != "attention_mask"}
-            cache = continue_prefix(prefix, model.config, R, share=False)
-            with cut if cut is not None else contextlib.nullcontext():
-                out = model(**feed, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1].float()
+        def run(R, cut):
+            with cut:
+                return pre.forward(continue_prefix(pre.cache, model.config, R, share=False), R).float()
 
         for start in range(0, len(windows), max_rows - 1):
             chunk = [range(0)] + list(windows[start:start + max_rows - 1])  # row 0: clean, in the same batch
@@ -223,28 +230,17 @@ class _Grads:
 def _atp_prefix_shared(lm, s: Sample, scope: str) -> torch.Tensor | None:
     """[layers, heads] AtP of one sample with the prefix before the scope run once without gradients (nothing
     before the scope lies on a path from a scope position to the margin), or None where that cannot apply."""
-    from transformers import DynamicCache
-
-    if scope not in SCOPE_SETS or not prefix_sharable(lm):
+    if scope not in SCOPE_SETS:
+        return None
+    scope_pos = s.token_sets[SCOPE_SETS[scope]]
+    p = min(scope_pos)
+    pre = _Prefix.of(lm, s, p, grad=True)
+    if pre is None:
         return None
     model = lm.model
     geo = geometry(model)
-    enc = lm.codec.encode([s.rendered], [s.images])
-    scope_pos = s.token_sets[SCOPE_SETS[scope]]
-    p = min(scope_pos)
-    if p <= lm.codec.last_image_position(enc["input_ids"][0]):
-        return None
-    enc = enc.to(lm.device)
-    per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
-    with torch.no_grad():  # not inference mode: the cache feeds the graph below
-        if hasattr(model.model, "rope_deltas"):
-            model.model.rope_deltas = None
-        pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
-        cache = output_cache(model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)}, use_cache=True))
-    suffix = {k: v[:, p:] for k, v in enc.items() if k in per_token and k != "attention_mask"}
     with _Grads(model, geo.num_layers) as g:
-        out = model(**suffix, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
-        _margin(out.logits[0, -1].float(), s).backward()
+        _margin(pre.forward(pre.cache)[0].float(), s).backward()
         rel = torch.tensor([q - p for q in scope_pos])
     return torch.stack([(x.grad[0, rel] * x[0, rel]).detach().float().view(len(rel), geo.num_heads, geo.head_dim)
                         .sum(dim=(0, 2)).cpu() for x in g.z])  # prefix sharing: never a hybrid decoder

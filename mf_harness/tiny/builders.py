@@ -168,17 +168,25 @@ def _build_internvl(cfg: TinyConfig, extra_text: str):
     return tok, config, proc, [tok.eos_token_id]
 
 
+def _llama_tok_clip_vision(cfg: TinyConfig, extra_text: str):
+    """LLaVA-1.5 / LLaVA-NeXT: a Llama-style tokenizer (BOS added, ``<image>``) and a CLIP ViT config of 28 px
+    images in 14 px patches (2x2 patches + CLS)."""
+    tok = build_tokenizer(["<unk>", "<s>", "</s>", "<image>", "<pad>"], cfg.vocab_target, extra_text,
+                          eos_token="</s>", pad_token="<pad>", bos_token="<s>", add_bos=True,
+                          extra_special_tokens={"image_token": "<image>"})
+    vision = dict(model_type="clip_vision_model", hidden_size=cfg.vision_hidden_size,
+                  intermediate_size=cfg.vision_hidden_size * 2, num_hidden_layers=cfg.vision_depth,
+                  num_attention_heads=cfg.vision_heads, image_size=28, patch_size=14,
+                  projection_dim=cfg.vision_hidden_size)
+    return tok, vision
+
+
 def _build_llava(cfg: TinyConfig, extra_text: str):
     from transformers import LlavaConfig, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    tok = build_tokenizer(["<unk>", "<s>", "</s>", "<image>", "<pad>"], cfg.vocab_target, extra_text,
-                          eos_token="</s>", pad_token="<pad>", bos_token="<s>", add_bos=True,
-                          extra_special_tokens={"image_token": "<image>"})
-    vision = dict(hidden_size=cfg.vision_hidden_size, intermediate_size=cfg.vision_hidden_size * 2,
-                  num_hidden_layers=cfg.vision_depth, num_attention_heads=cfg.vision_heads, image_size=28,
-                  patch_size=14, projection_dim=cfg.vision_hidden_size)
-    config = LlavaConfig(vision_config=dict(model_type="clip_vision_model", **vision),
+    tok, vision = _llama_tok_clip_vision(cfg, extra_text)
+    config = LlavaConfig(vision_config=vision,
                          text_config=dict(model_type="llama", **_text_config(cfg, tok)),
                          image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=4,
                          vision_feature_layer=-1, vision_feature_select_strategy="default")

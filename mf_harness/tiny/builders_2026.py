@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mf_harness.tiny.builders import _text_config
+from mf_harness.tiny.builders import _llama_tok_clip_vision, _text_config
 from mf_harness.tiny.config import TinyConfig, build_tokenizer
 from mf_harness.tiny.templates import QWEN_SPECIAL_TOKENS
 from mf_harness.tiny.templates_2026 import (GLM4V_CHAT_TEMPLATE, GLM4V_SPECIAL_TOKENS, LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE,
@@ -15,16 +15,11 @@ def _build_llava_next(cfg: TinyConfig, extra_text: str):
     from transformers import LlavaNextConfig, LlavaNextProcessor
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-    tok = build_tokenizer(["<unk>", "<s>", "</s>", "<image>", "<pad>"], cfg.vocab_target, extra_text,
-                          eos_token="</s>", pad_token="<pad>", bos_token="<s>", add_bos=True,
-                          extra_special_tokens={"image_token": "<image>"})
-    vision = dict(hidden_size=cfg.vision_hidden_size, intermediate_size=cfg.vision_hidden_size * 2,
-                  num_hidden_layers=cfg.vision_depth, num_attention_heads=cfg.vision_heads, image_size=28,
-                  patch_size=14, projection_dim=cfg.vision_hidden_size)
+    tok, vision = _llama_tok_clip_vision(cfg, extra_text)
     # the real pinpoints ([[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]) over 336 px tiles,
     # scaled to 28 px tiles of 2x2 patches
     pinpoints = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
-    config = LlavaNextConfig(vision_config=dict(model_type="clip_vision_model", **vision),
+    config = LlavaNextConfig(vision_config=vision,
                              text_config=dict(model_type="mistral", **_text_config(cfg, tok)),
                              image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
                              vision_feature_layer=-1, vision_feature_select_strategy="default", image_seq_length=4)
