@@ -125,6 +125,25 @@ def test_every_row_has_a_snapshot_and_a_tiny_builder():
     assert set(SNAPSHOTS) == set(ARCH) == set(BUILT)
 
 
+def test_the_readme_family_table_lists_every_row_with_its_wrapper():
+    """README's family table: one `model_type` per row of the architecture table, on a line naming the lmms-eval
+    wrapper whose conventions that row follows."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text[text.index("| family (`model_type`) |"):]
+    table = table[:table.index("\n\n")].splitlines()[2:]
+    listed = {}
+    for line in table:
+        family_cell, _, wrapper_cell = line.split("|")[1:4]
+        for t in re.findall(r"`(\w+)`", family_cell):
+            listed[t] = wrapper_cell
+    assert set(listed) == set(ARCH)
+    for family, cell in listed.items():
+        assert ARCH[family].upstream.split()[0] in cell, (family, cell)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prompt_snapshot_and_defaults_follow_upstream(wrappers, family):
     lm = wrappers(family)
