@@ -120,8 +120,7 @@ def _build_qwen2(cfg: TinyConfig, extra_text: str):
 
 def _build_qwen3_vl(cfg: TinyConfig, extra_text: str):
     """Qwen3-VL, and Qwen3-VL-MoE (the same but a sparse-MoE MLP in every decoder layer)."""
-    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig, Qwen3VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 
     tok = build_tokenizer(QWEN_SPECIAL_TOKENS, cfg.vocab_target, extra_text)
     head_dim = cfg.hidden_size // cfg.num_attention_heads
@@ -133,19 +132,28 @@ def _build_qwen3_vl(cfg: TinyConfig, extra_text: str):
                  decoder_sparse_step=1, mlp_only_layers=[]) if moe else {}
     text = _text_config(cfg, tok, head_dim=head_dim, rope_parameters={
         "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": mrope, "mrope_interleaved": True}, **extra)
+    klass = Qwen3VLMoeConfig if moe else Qwen3VLConfig
+    config, proc = _qwen3_vision(klass, cfg, tok, text, QWEN3_CHAT_TEMPLATE, deepstack_visual_indexes=[0])
+    return tok, config, proc, [tok.eos_token_id]
+
+
+def _qwen3_vision(klass, cfg: TinyConfig, tok, text: dict, chat_template: str, **vision_extra):
+    """Qwen3-VL's vision tower (16 px patches merged 2x2), its image-token ids and processor, around ``text``:
+    (``klass`` config, Qwen3VLProcessor) for Qwen3-VL(-MoE) and Qwen3.5."""
+    from transformers import Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
     vision = dict(depth=cfg.vision_depth, hidden_size=cfg.vision_hidden_size,
                   intermediate_size=cfg.vision_hidden_size * 2, num_heads=cfg.vision_heads,
                   out_hidden_size=cfg.hidden_size, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
-                  num_position_embeddings=16, deepstack_visual_indexes=[0])
+                  num_position_embeddings=16, **vision_extra)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    klass = Qwen3VLMoeConfig if moe else Qwen3VLConfig
     config = klass(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                    video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                    vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
     ip = Qwen2VLImageProcessorPil(min_pixels=32 * 32, max_pixels=32 * 32 * 64, patch_size=16, merge_size=2,
                                   temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    proc = Qwen3VLProcessor(image_processor=ip, tokenizer=tok, chat_template=QWEN3_CHAT_TEMPLATE)
-    return tok, config, proc, [tok.eos_token_id]
+    return config, Qwen3VLProcessor(image_processor=ip, tokenizer=tok, chat_template=chat_template)
 
 
 def _build_internvl(cfg: TinyConfig, extra_text: str):

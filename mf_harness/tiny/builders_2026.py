@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mf_harness.tiny.builders import _llama_tok_clip_vision, _text_config
+from mf_harness.tiny.builders import _llama_tok_clip_vision, _qwen3_vision, _text_config
 from mf_harness.tiny.config import TinyConfig, build_tokenizer
 from mf_harness.tiny.templates import QWEN_SPECIAL_TOKENS
 from mf_harness.tiny.templates_2026 import (GLM4V_CHAT_TEMPLATE, GLM4V_SPECIAL_TOKENS, LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE,
@@ -34,8 +34,7 @@ def _build_llava_next(cfg: TinyConfig, extra_text: str):
 def _build_qwen3_5(cfg: TinyConfig, extra_text: str):
     """Qwen/Qwen3.5-*: a hybrid decoder, Gated DeltaNet (``linear_attn``, no heads to edit) beside gated full
     attention (``self_attn``); Qwen3-VL's vision tower without deepstack; Qwen3VLProcessor."""
-    from transformers import Qwen3_5Config, Qwen3VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import Qwen3_5Config
 
     tok = build_tokenizer(QWEN_SPECIAL_TOKENS + ["<think>", "</think>"], cfg.vocab_target, extra_text)
     n = cfg.num_hidden_layers
@@ -49,17 +48,7 @@ def _build_qwen3_5(cfg: TinyConfig, extra_text: str):
                         linear_num_value_heads=4, rope_parameters={
                             "rope_type": "default", "rope_theta": 10000000.0, "mrope_section": mrope,
                             "mrope_interleaved": True, "partial_rotary_factor": 0.25})
-    vision = dict(depth=cfg.vision_depth, hidden_size=cfg.vision_hidden_size,
-                  intermediate_size=cfg.vision_hidden_size * 2, num_heads=cfg.vision_heads,
-                  out_hidden_size=cfg.hidden_size, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
-                  num_position_embeddings=16)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    config = Qwen3_5Config(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
-    ip = Qwen2VLImageProcessorPil(min_pixels=32 * 32, max_pixels=32 * 32 * 64, patch_size=16, merge_size=2,
-                                  temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    proc = Qwen3VLProcessor(image_processor=ip, tokenizer=tok, chat_template=QWEN3_5_CHAT_TEMPLATE)
+    config, proc = _qwen3_vision(Qwen3_5Config, cfg, tok, text, QWEN3_5_CHAT_TEMPLATE)
     return tok, config, proc, [tok.eos_token_id]
 
 
