@@ -34,9 +34,8 @@ from tqdm import tqdm
 
 from mf_harness.analysis.samples import Sample, encode_samples
 from mf_harness.core.arch import geometry, resolve
-from mf_harness.core.hooks import cache_kwarg, output_cache
 from mf_harness.core.spec import Head
-from mf_harness.lmms.fast_engine import prefix_sharable
+from mf_harness.lmms.fast_engine import PromptPrefix, prefix_sharable
 
 __all__ = ["prefix_shared_ablation", "prefix_shared_knockout", "attribution_patching", "SCOPE_SETS"]
 
@@ -47,42 +46,15 @@ def _margin(logits: torch.Tensor, s: Sample) -> torch.Tensor:
     return logits[..., s.compliant_ids].max(-1).values - logits[..., s.competing_ids].max(-1).values
 
 
-class _Prefix:
-    """One sample's prompt before position ``p`` run once into a KV cache (vision tower included; batch 1, never
-    modified), and what every continuation over the suffix ``[p, L)`` feeds: `of` gives None where the prefix
-    cannot be shared (``p`` inside the image, padding, a family that is not `prefix_sharable`)."""
-
-    def __init__(self, lm, enc, per_token: set, p: int, cache, deltas):
-        self.lm, self.enc, self.per_token, self.p, self.cache, self.deltas = lm, enc, per_token, p, cache, deltas
-
-    @classmethod
-    def of(cls, lm, s: Sample, p: int, grad: bool = False) -> "_Prefix | None":
-        from transformers import DynamicCache
-
-        if not prefix_sharable(lm):
-            return None
-        enc = lm.codec.encode([s.rendered], [s.images])
-        if p <= lm.codec.last_image_position(enc["input_ids"][0]) or not bool(enc["attention_mask"].all()):
-            return None
-        enc, model = enc.to(lm.device), lm.model
-        per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
-        # not inference mode where gradients will flow from the suffix: the cache then feeds the graph
-        with torch.no_grad() if grad else torch.inference_mode():
-            if hasattr(model.model, "rope_deltas"):
-                model.model.rope_deltas = None  # recomputed from this prompt by the prefix pass
-            pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
-            cache = output_cache(model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)},
-                                       use_cache=True))
-        return cls(lm, enc, per_token, p, cache, getattr(model.model, "rope_deltas", None))
-
-    def forward(self, cache, rows: int = 1):
-        """The suffix over ``cache`` (a continuation of this prefix) for ``rows`` rows; the last position's logits."""
-        model = self.lm.model
-        if hasattr(model.model, "rope_deltas"):
-            model.model.rope_deltas = self.deltas  # every continuation starts from the prefix pass's positions
-        feed = {k: v[:, self.p:].expand(rows, -1) for k, v in self.enc.items()
-                if k in self.per_token and k != "attention_mask"}
-        return model(**feed, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
+def _prefix_of(lm, s: Sample, p: int, grad: bool = False):
+    """`PromptPrefix` of one sample before ``p``, or None where it cannot be shared (``p`` inside the image,
+    padding, a family that is not `prefix_sharable`)."""
+    if not prefix_sharable(lm):
+        return None
+    enc = lm.codec.encode([s.rendered], [s.images])
+    if p <= lm.codec.last_image_position(enc["input_ids"][0]) or not bool(enc["attention_mask"].all()):
+        return None
+    return PromptPrefix(lm, enc.to(lm.device), p, grad)
 
 
 def _fork_blocked(heads: Sequence[int], rel: torch.Tensor, head_dim: int):
@@ -127,7 +99,7 @@ def prefix_shared_ablation(lm, samples: Sequence[Sample], scope: str, heads: Seq
     for s in samples:
         scope_pos = s.token_sets[SCOPE_SETS[scope]]
         p = min(scope_pos)
-        pre = _Prefix.of(lm, s, p)
+        pre = _prefix_of(lm, s, p)
         if pre is None:
             return None  # the scope starts inside the image: nothing to share
         rel = torch.tensor([q - p for q in scope_pos], device=lm.device)
@@ -172,7 +144,7 @@ def prefix_shared_knockout(lm, s: Sample, src: str, dest: str, windows: Sequence
 
     if not s.token_sets.get(dest):
         return None
-    pre = _Prefix.of(lm, s, min(s.token_sets[dest]))
+    pre = _prefix_of(lm, s, min(s.token_sets[dest]))
     if pre is None:
         return None
     model = lm.model
@@ -234,7 +206,7 @@ def _atp_prefix_shared(lm, s: Sample, scope: str) -> torch.Tensor | None:
         return None
     scope_pos = s.token_sets[SCOPE_SETS[scope]]
     p = min(scope_pos)
-    pre = _Prefix.of(lm, s, p, grad=True)
+    pre = _prefix_of(lm, s, p, grad=True)
     if pre is None:
         return None
     model = lm.model

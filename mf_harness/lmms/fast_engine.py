@@ -36,7 +36,7 @@ from mf_harness.core.shared_prefix import continue_prefix, shared_prefix_attenti
 from mf_harness.core.spec import InterventionSpec
 from mf_harness.lmms.model import parse_gen_kwargs
 
-__all__ = ["MultiSpecRunner", "prefix_sharable"]
+__all__ = ["MultiSpecRunner", "PromptPrefix", "prefix_sharable"]
 
 
 def prefix_sharable(lm) -> bool:
@@ -46,6 +46,41 @@ def prefix_sharable(lm) -> bool:
     a KV cache; no sliding-window layer, whose cache drops the prefix's start)."""
     types = getattr(lm.model.config.get_text_config(decoder=True), "layer_types", None) or ["full_attention"]
     return lm.row.rope_3d and lm.geometry.attn_layers is None and set(types) == {"full_attention"}
+
+
+class PromptPrefix:
+    """One encoded prompt (batch 1, on the model's device) run up to position ``p`` into a KV cache, vision
+    tower included (the cache: batch 1, never modified; ``deltas``: the pass's mrope deltas), and what every
+    continuation over the suffix ``[p, L)`` feeds. Used by `MultiSpecRunner` and the prefix-shared analyses
+    (`mf_harness.analysis.attribution`)."""
+
+    def __init__(self, lm, enc, p: int, grad: bool = False):
+        from transformers import DynamicCache
+
+        model = lm.model
+        self.lm, self.enc, self.p = lm, enc, p
+        self.per_token = {k for k, v in enc.items() if torch.is_tensor(v) and v.shape == enc["input_ids"].shape}
+        # not inference mode where gradients will flow from the suffix: the cache then feeds the graph
+        with torch.no_grad() if grad else torch.inference_mode():
+            if hasattr(model.model, "rope_deltas"):
+                model.model.rope_deltas = None  # recomputed from this prompt by the prefix pass
+            pre = {k: (v[:, :p] if k in self.per_token else v) for k, v in enc.items()}
+            self.cache = output_cache(model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)},
+                                            use_cache=True))
+        self.deltas = getattr(model.model, "rope_deltas", None)
+
+    def restore_positions(self) -> None:
+        """Every continuation starts from the prefix pass's mrope deltas, never from a previous continuation's."""
+        if hasattr(self.lm.model.model, "rope_deltas"):
+            self.lm.model.model.rope_deltas = self.deltas
+
+    def forward(self, cache, rows: int = 1):
+        """The suffix over ``cache`` (a continuation of this prefix) for ``rows`` rows; the last position's logits."""
+        model = self.lm.model
+        self.restore_positions()
+        feed = {k: v[:, self.p:].expand(rows, -1) for k, v in self.enc.items()
+                if k in self.per_token and k != "attention_mask"}
+        return model(**feed, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
 
 
 class MultiSpecRunner:
@@ -108,13 +143,7 @@ class MultiSpecRunner:
         prefix_cache = None
         with torch.inference_mode():
             if p > 0:
-                from transformers import DynamicCache
-
-                if hasattr(model.model, "rope_deltas"):
-                    model.model.rope_deltas = None  # recomputed from this prompt by the prefix pass
-                pre = {k: (v[:, :p] if k in per_token else v) for k, v in enc.items()}
-                out = model(**pre, **{cache_kwarg(model): DynamicCache(config=model.config)}, use_cache=True)
-                prefix_cache = output_cache(out)
+                prefix_cache = PromptPrefix(lm, enc, p).cache
                 self.stats["prefix_passes"] += 1
             else:
                 self.stats["fallbacks"] += 1
