@@ -20,6 +20,58 @@ from mf_harness.lmms.patches import install_lmms  # noqa: E402
 install_lmms()
 
 
+_HANG = """
+import importlib.abc, importlib.util, os, sys, time
+from pathlib import Path
+
+TASK, AFTER = {task!r}, {after}
+
+
+class _Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "mf_harness.lmms.fast_engine":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            generate, seen = module.MultiSpecRunner.generate, []
+
+            def hang_after(self, prompt, images, doc, specs, gen_kwargs, label="doc"):
+                if label.startswith(TASK + " "):
+                    if len(seen) == AFTER:
+                        (Path(__file__).parent / f"hung.{{os.getpid()}}").write_text(label)
+                        time.sleep(3600)
+                    seen.append(label)
+                return generate(self, prompt, images, doc, specs, gen_kwargs, label)
+
+            module.MultiSpecRunner.generate = hang_after
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _Hook())
+"""
+
+
+@pytest.fixture
+def hang_after():
+    """Where a kill lands, made deterministic: ``hang_after(dir, task, n)`` writes a start-up hook (a
+    ``sitecustomize`` in ``dir``) under which each process answers ``n`` samples of ``task`` through the fast
+    engine, then marks itself hung (a ``hung.<pid>`` file in ``dir``) and sleeps in its next one until killed.
+    Returns (env to add to the killed run's, a function listing the hung processes' marks)."""
+
+    def make(where: Path, task: str, n: int):
+        where.mkdir(parents=True)
+        (where / "sitecustomize.py").write_text(_HANG.format(task=task, after=n))
+        return {"PYTHONPATH": str(where)}, lambda: sorted(p.name for p in where.glob("hung.*"))
+
+    return make
+
+
 def _build(tmp_path_factory, name, **cfg):
     from mf_harness.tiny import TinyConfig, build_tiny_vlm
 

@@ -128,7 +128,7 @@ def _sweep(prefix, out: Path, rankings: Path, env=ENV, dry=False):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=out.parent), cmd
 
 
-def test_two_cpu_processes_sweep_to_the_records_of_one(tmp_path):
+def test_two_cpu_processes_sweep_to_the_records_of_one(tmp_path, hang_after):
     """`mf-harness sweep` under accelerate (2 CPU processes): the fast engine shards the samples over the ranks
     (each rank's answers in its own log), lmms-eval shards the loglikelihood task, rank 0 merges; killed
     mid-way and run again, each rank resumes from its log, and the records equal one process's."""
@@ -143,21 +143,24 @@ def test_two_cpu_processes_sweep_to_the_records_of_one(tmp_path):
                       "--main_process_port", str(_port())]
     env = dict(ENV, ACCELERATE_USE_CPU="true")
     # killed mid-way (both ranks and the launcher, as a scheduler's kill would), then run again: each rank
-    # resumes from its own log
+    # resumes from its own log. A tiny model answers all 7 docs in a blink, so where the kill lands is made
+    # deterministic: each rank answers one mfr_text doc, then hangs in its next one until the kill
+    hook, hung = hang_after(tmp_path / "hook", "mfr_text", 1)
     out = tmp_path / "two"
     out.mkdir()
     _, cmd = _sweep(launch(), out, rankings, env=env, dry=True)
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=dict(env, **hook), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     logs = [out / "fast" / f"mfr_text.rank{r}of2.jsonl" for r in (0, 1)]
-    lines = lambda: sum(len(p.read_text().splitlines()) for p in logs if p.exists())  # noqa: E731
+    lines = lambda: [len(p.read_text().splitlines()) if p.exists() else 0 for p in logs]  # noqa: E731
     deadline = time.time() + 600
-    while time.time() < deadline and lines() < 2 and proc.poll() is None:
+    while time.time() < deadline and len(hung()) < 2 and proc.poll() is None:
         time.sleep(0.05)
+    assert proc.poll() is None, "the killed run ended on its own"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = lines()
-    assert 2 <= done_before < 7, done_before  # killed with mfr_text part-answered
+    assert len(hung()) == 2, hung()  # both ranks reached the hang
+    assert lines() == [1, 1]  # killed with mfr_text part-answered: one doc per rank
     two, _ = _sweep(launch(), out, rankings, env=env)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     logs = sorted(p.name for p in (out / "fast").glob("*.jsonl"))

@@ -235,23 +235,26 @@ def rankings(tmp_path_factory):
 
 
 @pytest.mark.parametrize("engine", ["lmms", "fast"])
-def test_sweep_resumes_after_kill_with_identical_records(tmp_path, rankings, engine):
+def test_sweep_resumes_after_kill_with_identical_records(tmp_path, rankings, engine, hang_after):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     limit = 6 if engine == "lmms" else 24
     fresh = subprocess.run(_sweep_cmd(tmp_path / "fresh", rankings, engine, limit), capture_output=True, text=True,
                            env=env, timeout=600)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "model forwards:" in fresh.stdout
-    # interrupted run: kill it mid-way (lmms: two cells on disk; fast: four samples answered)
+    # interrupted run: kill it mid-way (lmms: two cells on disk, each a whole lmms-eval run; fast: four samples
+    # answered, then the run hangs in the fifth until the kill, since a tiny model answers 24 in a blink)
     out = tmp_path / "killed"
+    hook, hung = hang_after(tmp_path / "hook", "mfr_text", 4)
     proc = subprocess.Popen(_sweep_cmd(out, rankings, engine, limit), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
+                            stderr=subprocess.DEVNULL, env=dict(env, **hook) if engine == "fast" else env)
     log = out / "fast" / "mfr_text.jsonl"
     progress = (lambda: len(list((out / "cells").glob("*.json")))) if engine == "lmms" else \
         (lambda: len(log.read_text().splitlines()) if log.exists() else 0)
     deadline = time.time() + 300
-    while time.time() < deadline and progress() < (2 if engine == "lmms" else 4) and proc.poll() is None:
+    while time.time() < deadline and (progress() < 2 if engine == "lmms" else not hung()) and proc.poll() is None:
         time.sleep(0.05)
+    assert proc.poll() is None, "the killed run ended on its own"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = progress()
@@ -262,7 +265,7 @@ def test_sweep_resumes_after_kill_with_identical_records(tmp_path, rankings, eng
         assert 2 <= done_before < 7
         assert f"({7 - done_before} run, {done_before} resumed from disk)" in resumed.stdout
     else:
-        assert 4 <= done_before < limit
+        assert done_before == 4, done_before
         ids = [json.loads(line)["doc_id"] for line in log.read_text().splitlines() if line.strip()]
         assert sorted(ids) == list(range(limit))  # every sample answered exactly once across both runs
     assert _strip(read_records(out / "records.jsonl")[1]) == \
