@@ -381,19 +381,44 @@ def test_prefix_shared_ablation_on_the_other_families(tmp_path, family):
         assert r["effect"] == pytest.approx(want[(r["sample_id"], r["layer"], r["head"])], abs=1e-5 * max(1, scale))
 
 
-@pytest.mark.parametrize("method", ["both", "atp"])
-def test_discover_on_a_hybrid_decoder_ranks_only_layers_with_heads(tmp_path, method):
-    """Qwen3.5 (linear-attention layers beside full-attention ones): lens, DLA, ablation and AtP cover the
-    full-attention layers' heads, and the specs written load on the model."""
+@pytest.mark.parametrize("family,method", [("qwen3_5", "both"), ("qwen3_5", "atp"), ("gemma4", "both"),
+                                           ("gemma4", "atp")])
+def test_discover_ranks_only_layers_with_heads(tmp_path, family, method):
+    """Qwen3.5 (linear-attention layers beside full-attention ones) and Gemma 4 (head widths differ per layer;
+    KV-shared layers without editable heads): lens, DLA, ablation and AtP cover the heads of the layers that have
+    them, each layer's heads sliced at its own width, and the specs written load on the model."""
     from mf_harness.analysis.report import discover
     from mf_harness.core.spec import InterventionSpec
     from mf_harness.tiny import TinyConfig, build_tiny_vlm
 
-    path = build_tiny_vlm(tmp_path / "q35", TinyConfig(family="qwen3_5", seed=2))
+    path = build_tiny_vlm(tmp_path / family, TinyConfig(family=family, seed=2))
+    layers = {"qwen3_5": {1, 3}, "gemma4": {0, 1}}[family]
     r = discover(f"pretrained={path}", tmp_path / "out", limit=3, k_list=(2, 4), method=method, progress=False)
     heads = r["heads"]
-    assert set(heads.layer) == {1, 3} and len(heads) == 2 * 2 * 4  # 2 directions x 2 layers x 4 heads
+    assert set(heads.layer) == layers and len(heads) == 2 * 2 * 4  # 2 directions x 2 layers x 4 heads
     assert heads.filter(like="ablation" if method == "both" else "atp").notna().all().all()
     spec = InterventionSpec.load(tmp_path / "out" / "heads_text_top4.json")
-    assert {h.layer for h in spec.block} <= {1, 3}
+    assert {h.layer for h in spec.block} <= layers
     IntervenedHF(pretrained=str(path), intervention=str(tmp_path / "out" / "heads_text_top4.json"))
+
+
+def test_knockout_reaches_kv_shared_layers_and_refuses_linear_attention(tmp_path):
+    """Gemma 4's KV-shared layers have no heads to edit but attend over an earlier layer's keys: a knockout cuts
+    their edges too (the last position's query, which is computed, loses the image); a hybrid decoder's
+    linear-attention layers have no edges to cut, and a window over one is a clear error."""
+    from mf_harness.analysis.measures import knockout_nssd
+    from mf_harness.errors import MfHarnessError
+    from mf_harness.tiny import TinyConfig, build_tiny_vlm
+
+    g4 = IntervenedHF(pretrained=str(build_tiny_vlm(tmp_path / "g4", TinyConfig(family="gemma4", seed=7))),
+                      attn_implementation="eager")
+    task, docs = load_task_docs("mfr_text", limit=2)
+    samples = prepare_samples(g4, task, docs)
+    assert geometry(g4.model).head_layers == (0, 1)
+    rows = knockout_nssd(g4, samples, "image", "last", window=1, layers=[2, 3], progress=False)
+    assert len(rows) == 4 and all(abs(r["nssd"]) > 0 for r in rows)
+    q35 = IntervenedHF(pretrained=str(build_tiny_vlm(tmp_path / "q35", TinyConfig(family="qwen3_5", seed=2))))
+    samples = prepare_samples(q35, task, docs)
+    with pytest.raises(MfHarnessError, match=r"layer 0 mixes tokens without attention.*\(1, 3\)"):
+        knockout_nssd(q35, samples, "image", "instruction", window=3, layers=[1], progress=False, share_prefix=False)
+    assert len(knockout_nssd(q35, samples, "image", "last", window=1, layers=[3], progress=False)) == 2

@@ -104,12 +104,16 @@ SNAPSHOTS = {  # lmms-eval's layout for each family, rendered by the checkpoint'
     "qwen3_vl": _QWEN.format(img="<|vision_start|><|image_pad|><|vision_end|>"),
     "qwen3_vl_moe": _QWEN.format(img="<|vision_start|><|image_pad|><|vision_end|>"),
     "qwen3_5": _QWEN.format(img="<|vision_start|><|image_pad|><|vision_end|>") + "<think>\n",  # enable_thinking
+    "qwen3_5_moe": _QWEN.format(img="<|vision_start|><|image_pad|><|vision_end|>") + "<think>\n",
     "internvl": "<|im_start|>user\n<IMG_CONTEXT>\n" + SNAPSHOT_USER + "<|im_end|>\n<|im_start|>assistant\n",
     "llava": "USER: <image>\n" + SNAPSHOT_USER + " ASSISTANT:",
     "llava_next": "[INST] <image>\n" + SNAPSHOT_USER + " [/INST]",  # the tokenizer adds <s>
     "llava_onevision": "<|im_start|>user <image>\n" + SNAPSHOT_USER + "<|im_end|><|im_start|>assistant\n",
     "gemma3": ("<bos><start_of_turn>user\nYou are a helpful assistant.\n\n<start_of_image>" + SNAPSHOT_USER +
                "<end_of_turn>\n<start_of_turn>model\n"),
+    # gemma-4-31B-it's template: the system text as parts gains a trailing space; an empty thought channel
+    "gemma4": ("<bos><|turn>system\nYou are a helpful assistant. <turn|>\n<|turn>user\n<|image|>" + SNAPSHOT_USER +
+               "<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"),
     # lmms-eval's glm4v wrapper has no system turn by default; GLM-4.1V-9B-Thinking's template writes [gMASK]<sop>
     "glm4v": "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>" + SNAPSHOT_USER + "<|assistant|>\n",
     # (the tiny GLM-4.5V uses GLM-4.1V's template; see mf_harness.tiny.builders_2026)
@@ -155,8 +159,8 @@ def test_prompt_snapshot_and_defaults_follow_upstream(wrappers, family):
     assert lm.model_name == row.alias
     _, layers, _, oprojs = resolve(lm.model)
     geo = geometry(lm.model)
-    first = geo.head_layers[0]
-    assert len(layers) == geo.num_layers == 4 and oprojs[first].in_features == geo.num_heads * geo.head_dim
+    assert len(layers) == geo.num_layers == 4
+    assert all(oprojs[i].in_features == geo.num_heads * geo.width(i) for i in geo.head_layers)
     # text-only: the same turn without the image
     rendered0, _ = lm.codec.render("Question: 2+2?", 0)
     assert row.prompt.image_token in rendered and row.prompt.image_token not in rendered0 and "Question: 2+2?" in rendered0
@@ -204,13 +208,29 @@ def _forward(lm, enc, plan=None, layer=1):
     return logits, rec["in"][0], rec["out"][0]
 
 
+def _golden_layers(geo):
+    """Layer 1, and where head widths differ per layer (Gemma 4) the first layer of each other width."""
+    layers = [1]
+    for i in geo.head_layers:
+        if geo.width(i) not in {geo.width(j) for j in layers}:
+            layers.append(i)
+    return layers
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_hooks_are_exact(wrappers, family):
     lm = wrappers(family)
     geo = geometry(lm.model)
-    layer, head, d = 1, 2, geo.head_dim
+    for layer in _golden_layers(geo):
+        _golden(lm, geo, layer, head=2)
+    assert active_handles() == 0
+
+
+def _golden(lm, geo, layer, head):
+    d = geo.width(layer)
     enc, plan = _batch(lm, InterventionSpec(block=[(layer, head)], scope="instruction"))
-    clean, z, out_clean = _forward(lm, enc)
+    clean, z, out_clean = _forward(lm, enc, layer=layer)
+    assert z.shape[-1] == geo.num_heads * d
     # coefficient 1 everywhere: bit-identical
     assert layer in geo.head_layers
     every = InterventionSpec(amplify=[(l, h) for l in geo.head_layers for h in range(geo.num_heads)],
@@ -218,7 +238,7 @@ def test_hooks_are_exact(wrappers, family):
     ones = HeadPlan.build([every] * 3, torch.ones_like(plan.mask), geo.num_layers, geo.num_heads)
     for c in ones.coef.values():
         c.fill_(1.0)
-    assert torch.equal(_forward(lm, enc, ones)[0], clean)
+    assert torch.equal(_forward(lm, enc, ones, layer)[0], clean)
     # block = the clean output minus the head's contribution W_O[:, h] z_h, at the scope positions only
     logits, z2, out = _forward(lm, enc, plan, layer)
     assert torch.equal(z2, z)  # upstream of the edit: untouched
@@ -235,7 +255,6 @@ def test_hooks_are_exact(wrappers, family):
     zz = z3.clone()
     zz[..., head * d:(head + 1) * d] *= torch.where(mask, 10.0, 1.0)[..., None]
     assert torch.allclose(out3, torch.nn.functional.linear(zz, W, resolve(lm.model)[3][layer].bias), atol=1e-5)
-    assert active_handles() == 0
 
 
 # ------------------------------------------------------------------ batching, loglikelihood, text-only
@@ -318,6 +337,48 @@ def test_hybrid_decoder_keeps_layer_indices_and_rejects_layers_without_heads(wra
                                                 torch.ones(1, 3, dtype=torch.bool), 4, geo.num_heads)):
             pass
     assert active_handles() == 0
+
+
+def test_gemma4_heads_have_their_layers_width_and_kv_shared_layers_none(wrappers):
+    """Gemma 4: full-attention layers have wider heads (``global_head_dim``) than sliding ones, read from the
+    config per layer; one width for the whole model is an error, not a guess. KV-shared layers (E2B/E4B) have no
+    editable heads: their outputs at a prompt position reach only that position's own logits (generate's prefill
+    does not even compute them there), so a spec naming one is rejected when bound, listing the layers that have
+    heads."""
+    from mf_harness.core.arch import ArchError, kv_shared_layers
+    from mf_harness.core.spec import SpecError
+
+    lm = wrappers("gemma4")
+    geo = geometry(lm.model)
+    tc = lm.model.config.text_config
+    assert geo.head_dims == (16, 32, 16, 32) == tuple(tc.per_layer_config[i].head_dim for i in range(4))
+    assert [resolve(lm.model)[3][i].in_features for i in geo.head_layers] == [64, 128]
+    with pytest.raises(ArchError, match="head widths differ per layer"):
+        geo.head_dim
+    assert kv_shared_layers(tc) == (2, 3) and geo.head_layers == (0, 1) and geo.total_heads == 8
+    for bad in (["L2H1"], ["L0H0", "L3H2"]):
+        with pytest.raises(SpecError, match=r"KV-shared layer.*layers with heads are 0, 1"):
+            lm.with_spec(InterventionSpec(block=bad))
+    # the premise: zeroing every head of a KV-shared layer at the instruction leaves the last position's logits as
+    # they were; the same in layer 0 changes them (layer 1, the last before the shared ones, feeds only their
+    # queries: at the instruction it is what a final layer is anywhere)
+    enc, plan = _batch(lm, InterventionSpec(block=["L0H0"], scope="instruction"))
+    mask = plan.mask
+
+    def last_logits(layer=None):
+        def zero(m, args):
+            return (args[0] * (~mask)[..., None].to(args[0].dtype),)
+        h = layer is not None and lm.model.model.language_model.layers[layer].self_attn.o_proj.register_forward_pre_hook(
+            zero)
+        try:
+            with torch.no_grad():
+                return lm.model(**enc).logits[:, -1]
+        finally:
+            h and h.remove()
+
+    clean = last_logits()
+    assert torch.equal(last_logits(3), clean) and torch.equal(last_logits(2), clean)
+    assert not torch.allclose(last_logits(0), clean)
 
 
 # ------------------------------------------------------------------ the alignment behind the scopes

@@ -103,7 +103,8 @@ def test_prefix_cache_logits_match_full_recompute_with_mrope(tiny_qwen25_dir):
     assert not torch.allclose(wrong[0], full[0, p:], atol=1e-3)
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe", "glm4v", "qwen3_5", "internvl", "gemma3", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe", "glm4v", "qwen3_5", "internvl", "gemma3", "gemma4",
+                                    "idefics3"])
 def test_other_families_batch_specs_exactly(tmp_path, family):
     """Per-row specs in one batch equal one spec at a time for every family (prefix sharing: the families with
     3-D positions; not a hybrid decoder, whose linear-attention state is not a KV cache)."""

@@ -141,6 +141,27 @@ def test_smolvlm_video_optional(fresh):
     assert SmolVLMProcessor.__init__ is original
 
 
+@pytest.mark.parametrize("fresh", ["gemma4_video_optional"], indirect=True)
+def test_gemma4_video_optional(fresh, tmp_path):
+    from transformers import AutoProcessor, Gemma4Processor, processing_utils
+
+    from mf_harness.tiny import TinyConfig, build_tiny_vlm
+
+    original, mixin = Gemma4Processor.__init__, processing_utils.ProcessorMixin.__init__
+    params = inspect.signature(original).parameters
+    assert [(n, p.default) for n, p in params.items()][1:9] == [  # upstream's parameters the wrapper repeats
+        ("feature_extractor", inspect.Parameter.empty), ("image_processor", inspect.Parameter.empty),
+        ("tokenizer", inspect.Parameter.empty), ("video_processor", inspect.Parameter.empty),
+        ("chat_template", None), ("image_seq_length", 280), ("audio_seq_length", 750), ("audio_ms_per_token", 40)]
+    patches.install(fresh)
+    path = build_tiny_vlm(tmp_path / "g4", TinyConfig(family="gemma4", seed=0))
+    assert type(AutoProcessor.from_pretrained(path)).__name__ == "Gemma4Processor"
+    patches.uninstall(fresh)
+    assert Gemma4Processor.__init__ is original and processing_utils.ProcessorMixin.__init__ is mixin
+    with pytest.raises(TypeError, match="video_processor"):  # what the patch is for: no torchvision, no video
+        AutoProcessor.from_pretrained(path)
+
+
 @pytest.mark.parametrize("fresh", ["smolvlm_num2words"], indirect=True)
 def test_smolvlm_num2words(fresh):
     from transformers.models.smolvlm import processing_smolvlm

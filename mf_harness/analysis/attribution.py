@@ -88,7 +88,7 @@ def prefix_shared_ablation(lm, samples: Sequence[Sample], scope: str, heads: Seq
         return None
     model = lm.model
     o_projs = resolve(model)[3]
-    head_dim = geometry(model).head_dim
+    geo = geometry(model)
     share_kv = supports_shared_prefix(model)
     by_layer: dict[int, list[Head]] = {}
     for h in heads:
@@ -114,7 +114,7 @@ def prefix_shared_ablation(lm, samples: Sequence[Sample], scope: str, heads: Seq
                     R = len(chunk)
                     cache = continue_prefix(pre.cache, model.config, R, from_layer=layer + 1, share=share_kv)
                     hook = o_projs[layer].register_forward_pre_hook(_fork_blocked([h.head for h in chunk], rel,
-                                                                                  head_dim))
+                                                                                  geo.width(layer)))
                     try:
                         with shared_prefix_attention(model, cache) if share_kv else contextlib.nullcontext():
                             m = run(cache)
@@ -214,8 +214,8 @@ def _atp_prefix_shared(lm, s: Sample, scope: str) -> torch.Tensor | None:
     with _Grads(model, geo.num_layers) as g:
         _margin(pre.forward(pre.cache)[0].float(), s).backward()
         rel = torch.tensor([q - p for q in scope_pos])
-    return torch.stack([(x.grad[0, rel] * x[0, rel]).detach().float().view(len(rel), geo.num_heads, geo.head_dim)
-                        .sum(dim=(0, 2)).cpu() for x in g.z])  # prefix sharing: never a hybrid decoder
+    return torch.stack([(x.grad[0, rel] * x[0, rel]).detach().float().view(len(rel), geo.num_heads, geo.width(l))
+                        .sum(dim=(0, 2)).cpu() for l, x in enumerate(g.z)])  # prefix sharing: never a hybrid decoder
 
 
 def attribution_patching(lm, samples: Sequence[Sample], scope: str = "instruction", batch_size: int = 8,
@@ -257,7 +257,7 @@ def attribution_patching(lm, samples: Sequence[Sample], scope: str = "instructio
             x = z[layer]
             # per head: sum over the scope's positions and the head's dimensions of grad * activation
             contrib = (x.grad * x).detach().float() * m  # [B, S, H * d]
-            per_head = contrib.view(len(batch), S, geo.num_heads, geo.head_dim).sum(dim=(1, 3)).cpu()
+            per_head = contrib.view(len(batch), S, geo.num_heads, geo.width(layer)).sum(dim=(1, 3)).cpu()
             for b, s in enumerate(batch):
                 for h in range(geo.num_heads):
                     rows.append(dict(sample_id=s.sample_id, follow=s.follow, layer=layer, head=h,

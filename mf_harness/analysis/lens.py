@@ -75,10 +75,11 @@ def _recording(model, index: torch.Tensor, store: dict):
     handles.append(layers[0].register_forward_pre_hook(emb_hook, with_kwargs=True))
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(lambda m, a, o, i=i: store["resid"].__setitem__(i, gather(_out(o)))))
-        if oprojs[i] is None:  # a hybrid decoder's linear-attention layer: its token mixer's output, no heads
-            mixer = getattr(layer, "linear_attn", None)
+        if oprojs[i] is None:  # no heads: a hybrid decoder's linear-attention layer or a KV-shared layer (Gemma 4)
+            attn = getattr(layer, row.attn, None)  # the token mixer's output, no per-head outputs
+            mixer = getattr(attn, row.o_proj, None) if attn is not None else getattr(layer, "linear_attn", None)
             if mixer is None:
-                raise RuntimeError(f"{row.family}: layer {i} has neither {row.attn} nor linear_attn")
+                raise RuntimeError(f"{row.family}: layer {i} has neither {row.attn}.{row.o_proj} nor linear_attn")
             handles.append(mixer.register_forward_hook(lambda m, a, o, i=i: store["attn"].__setitem__(i, gather(_out(o)))))
         else:
             handles.append(oprojs[i].register_forward_hook(lambda m, a, o, i=i: store["attn"].__setitem__(i, gather(o))))
@@ -117,7 +118,7 @@ def capture(model, inputs, positions: list[torch.Tensor], with_logits: bool = Fa
     if with_logits:
         idx = index.to(out.logits.device)
         logits = torch.gather(out.logits, 1, idx[..., None].expand(-1, -1, out.logits.shape[-1])).float()
-    z = [t.view(B, P, geo.num_heads, geo.head_dim) if t is not None else None for t in store["z"]]
+    z = [t.view(B, P, geo.num_heads, geo.width(l)) if t is not None else None for l, t in enumerate(store["z"])]
     return Trace(positions=index, valid=valid, embed=store["embed"], resid=store["resid"], attn=store["attn"],
                  mlp=store["mlp"], z=z, logits=logits)
 

@@ -43,6 +43,7 @@ from mf_harness.analysis.samples import Sample, encode_samples
 from mf_harness.core.arch import geometry, resolve
 from mf_harness.core.hooks import HeadPlan, find_cache, intervene
 from mf_harness.core.spec import Head, InterventionSpec
+from mf_harness.errors import MfHarnessError
 
 __all__ = ["lens_and_attribution", "ldar_table", "ablation_effects", "cut_edges", "knockout_nssd", "nssd",
            "final_margins"]
@@ -86,7 +87,8 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
         tr = capture(model, enc, pos, with_logits=True)
         dev = tr.resid[0].device
         U = ro.W_U.to(dev) * ro.gain.to(dev)  # [T, D]
-        UW = torch.stack([(U @ w.to(dev)).view(-1, geo.num_heads, geo.head_dim) for w in W_O])  # [L_h,T,H,d]
+        # per layer [T, H, d_l]: head widths may differ per layer (Gemma 4)
+        UW = [(U @ w.to(dev)).view(-1, geo.num_heads, geo.width(l)) for l, w in zip(HL, W_O)]
         layers_idx = torch.arange(L, device=dev)[:, None]
         for b, s in enumerate(batch):
             n_ins = len(s.token_sets["instruction"])
@@ -98,8 +100,8 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
             scale = rms_scale(ro, resid)  # [L, P, 1]
             comps = {name: component_logits(ro, torch.stack([t[b] for t in site_list]), scale)
                      for name, site_list in (("attn", tr.attn), ("mlp", tr.mlp))}
-            z = torch.stack([tr.z[l][b] for l in HL]).float()  # [L_h, P, H, d]
-            heads = torch.einsum("lphd,lthd->lpht", z, UW) * scale[rl][None, :, :, None]  # [L_h, P, H, T] at layer rl
+            heads = torch.stack([torch.einsum("phd,thd->pht", tr.z[l][b].float(), uw) for l, uw in zip(HL, UW)]) \
+                * scale[rl][None, :, :, None]  # [L_h, P, H, T] at layer rl
             for site, rows, kk in (("instruction", range(n_ins), k), ("instruction_final", range(n_ins - 1, n_ins), 1),
                                    ("last", range(n_ins, n_ins + 1), 1)):
                 valid = torch.zeros(full.shape[1], dtype=torch.bool, device=dev)
@@ -230,7 +232,14 @@ def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: S
     padding) is rebuilt as the causal mask first. A position's edge to itself is kept, so no
     query loses every key.
     """
-    _, _, attns, _ = resolve(model)
+    row, decoder_layers, attns, _ = resolve(model)
+    layers = list(layers)
+    for l in layers:
+        if attns[l] is None and getattr(decoder_layers[l], row.attn, None) is None:
+            raise MfHarnessError(
+                f"knockout: layer {l} mixes tokens without attention (a linear-attention layer of a hybrid decoder: "
+                f"a recurrent state, no edges to cut); choose windows of layers with attention "
+                f"({', '.join(str(i) for i, a in enumerate(attns) if a is not None)}), e.g. --window 1")
     B = len(dest)
     handles = []
     state = {}
@@ -254,7 +263,14 @@ def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: S
         h = args[0] if args else kwargs["hidden_states"]
         Bq, q_len = h.shape[:2]
         cache = find_cache(args, kwargs)
-        offset = int(cache.get_seq_length(module.layer_idx)) if cache is not None else 0
+        if cache is None:
+            offset = 0
+        elif getattr(cache, "is_dummy", [False] * (module.layer_idx + 1))[module.layer_idx]:
+            # a KV-shared layer (Gemma 4) keeps no cache: it attends over an earlier layer's keys, this chunk's
+            # included, which that layer has already added to the cache in this forward
+            offset = int(cache.get_seq_length()) - q_len
+        else:
+            offset = int(cache.get_seq_length(module.layer_idx))
         k_len = offset + q_len
         mask = kwargs.get("attention_mask")
         C = cut_matrix(q_len, k_len, offset, h.device, module.layer_idx)
@@ -278,8 +294,9 @@ def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: S
         return args, kwargs
 
     try:
-        for l in layers:
-            handles.append(attns[l].register_forward_pre_hook(pre, with_kwargs=True))
+        for l in layers:  # a KV-shared layer (Gemma 4) has no heads to edit, but its own attention edges
+            attn = attns[l] if attns[l] is not None else getattr(decoder_layers[l], row.attn)
+            handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
         yield state
     finally:
         for h in handles:

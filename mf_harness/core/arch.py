@@ -37,20 +37,12 @@ Not in the table, on purpose:
   ``image_processing_pixtral`` (``from torchvision.transforms.v2 import functional``) at the top, so
   ``transformers.PixtralProcessor`` is a placeholder that raises and the module itself fails to
   import (unlike the other families, a PIL image processor alone does not help). This project runs
-  without torchvision (PyPI's torchvision needs a CUDA torch). Adding it also needs a second render
-  path: that wrapper writes image prompts by hand (``<s>[INST][IMG]\n{prompt}[/INST]``, ``Image k:
-  [IMG]\n`` per image when several) and uses the chat template only for text-only prompts.
-* **Gemma 4** (``gemma4``, e.g. google/gemma-4-31B-it, gemma-4-26B-A4B-it, gemma-4-E2B/E4B-it; lmms-eval's
-  ``gemma4``). Every decoder layer has the site (``model.language_model.layers[i].self_attn.o_proj``), but the
-  head width is not the same in every layer: sliding-window layers use ``head_dim`` (256) and full-attention
-  layers ``global_head_dim`` (512 in the configs of E2B, E4B and 26B-A4B, as public copies show; transformers 5.24 builds
-  ``Gemma4TextAttention`` from ``config.per_layer_config[layer].head_dim``), so o_proj takes
-  ``heads * 256`` features in some layers and ``heads * 512`` in others. `HeadGeometry` has one ``head_dim``
-  and the hooks (`mf_harness.core.hooks`, ``_LayerHooks``) and analyses slice every layer with it, so
-  `resolve` would reject the full-attention layers of any real checkpoint. A tiny config with
-  ``global_head_dim == head_dim`` would pass the tests while hiding that; supporting it needs a per-layer
-  head width in the geometry, the hooks and the analyses. (Also to reproduce then: that wrapper passes
-  ``images_kwargs={"max_soft_tokens": 280}`` and pads with ``pad_to_multiple_of=8``.)
+  without torchvision: PyPI's torchvision 0.28.0, the release for torch 2.13, is built against the
+  CUDA torch and fails to import beside the CPU one (``RuntimeError: operator torchvision::nms does
+  not exist``), so no test here can build these processors (nor Llama 4's and Molmo 2's below).
+  Adding it also needs a second render path: that wrapper writes image prompts by hand
+  (``<s>[INST][IMG]\n{prompt}[/INST]``, ``Image k: [IMG]\n`` per image when several) and uses the
+  chat template only for text-only prompts.
 * **Llama 4** (``llama4``, Llama-4-Scout-17B-16E / Maverick-17B-128E; lmms-eval's ``llama4_scout``). The site
   exists in every layer (``language_model.model.layers[i].self_attn.o_proj``, input
   ``[batch, seq, heads * head_dim]`` also in the no-RoPE and chunked-attention layers; the MoE is in the MLP),
@@ -63,8 +55,22 @@ Not in the table, on purpose:
   ``Molmo2ImageProcessor``, is a ``TorchvisionBackend`` (no PIL backend in the auto mapping), a placeholder
   that raises ``ImportError`` without torchvision; ``Molmo2Processor`` cannot be built or loaded.
 
-Hybrid decoders: **Qwen3.5** (``qwen3_5``) interleaves linear-attention (Gated DeltaNet,
-``linear_attn``) layers, which have no per-head site, with full-attention layers that do. The row's
+Per-layer head widths: **Gemma 4** (``gemma4``, e.g. google/gemma-4-31B-it, gemma-4-26B-A4B-it, gemma-4-E2B/E4B-it;
+lmms-eval's ``gemma4``). Sliding-window layers have ``head_dim``-wide heads (256) and full-attention layers
+``global_head_dim``-wide ones (512): transformers' heterogeneous config (``config.per_layer_config[layer].head_dim``)
+gives each layer's width, `HeadGeometry.width` carries it, and the hooks and analyses slice every layer at its own
+width (``HeadGeometry.head_dim`` raises where widths differ, so no code can use one width for all). Gemma 4's final
+logits are soft-capped (``final_logit_softcapping`` 30): answers and margins use the model's logits; the logit lens
+and DLA use the linear unembedding, as for every family (the cap is monotonic per token).
+KV-shared layers (Gemma 4 E2B/E4B, ``num_kv_shared_layers``: the last 20 of 35 layers in E2B) attend over the keys
+and values of an earlier layer and write none of their own, so their outputs at a prompt position reach only that
+position's own logits, and ``generate``'s prefill computes them at the last position only
+(``Gemma4TextModel._maybe_slice_kv_shared_inputs``). They have no heads here (`kv_shared_layers`; like a hybrid
+decoder's linear-attention layers below): an edit at the instruction there could only be a no-op, and the hooks
+could not reach positions that are never computed.
+
+Hybrid decoders: **Qwen3.5** (``qwen3_5``, and ``qwen3_5_moe`` with MoE MLPs) interleaves linear-attention
+(Gated DeltaNet, ``linear_attn``) layers, which have no per-head site, with full-attention layers that do. The row's
 ``head_layer_types`` names the config ``layer_types`` with heads; `geometry` keeps the model's own
 layer indices (``num_layers`` counts every decoder layer, ``head_layers`` lists those with heads,
 ``total_heads`` counts only theirs), `resolve` returns None for the other layers' attention and
@@ -131,6 +137,9 @@ _LM = dict(layers="model.language_model.layers", final_norm="model.language_mode
 _IDEFICS = dict(layers="model.text_model.layers", final_norm="model.text_model.norm", upstream="idefics2 (simple)",
                 prompt=PromptStyle(nested_images=True, stop="generation_config"))  # no Idefics3/SmolVLM wrapper
 
+_QWEN3_5_PROMPT = PromptStyle(**_QWEN_PROMPT, image_prep="qwen", processor_kwargs=(("do_resize", False),),
+                              chat_template_kwargs=(("enable_thinking", True),), max_new_tokens=1024,
+                              min_pixels=64 * 32 * 32, max_pixels=128 * 32 * 32)
 _GLM4V_PROMPT = PromptStyle(image_token="<|image|>", system_as_parts=False, image_prep="jpeg", max_new_tokens=8192)
 
 ARCH: dict[str, ArchRow] = {
@@ -154,9 +163,11 @@ ARCH: dict[str, ArchRow] = {
         # head outputs) have heads; its Gated DeltaNet layers (linear_attn) have none: a spec naming one is
         # rejected when bound to the model. Layer indices are the model's own.
         ArchRow("qwen3_5", **_QWEN, upstream="qwen3_5 (simple)", head_layer_types=("full_attention",),
-                prompt=PromptStyle(**_QWEN_PROMPT, image_prep="qwen", processor_kwargs=(("do_resize", False),),
-                                   chat_template_kwargs=(("enable_thinking", True),), max_new_tokens=1024,
-                                   min_pixels=64 * 32 * 32, max_pixels=128 * 32 * 32)),
+                prompt=_QWEN3_5_PROMPT),
+        # Qwen3.5-MoE (Qwen3.5-35B-A3B, -397B-A17B): Qwen3.5's hybrid attention, MoE in the MLP; the per-head site is
+        # the full-attention layers' self_attn.o_proj as in qwen3_5 (lmms-eval's qwen3_5 wrapper loads both)
+        ArchRow("qwen3_5_moe", **_QWEN, upstream="qwen3_5 (simple)", head_layer_types=("full_attention",),
+                prompt=_QWEN3_5_PROMPT),
         ArchRow("internvl", **_LM, alias="intervened_internvl", upstream="internvl_hf (chat)",
                 prompt=PromptStyle(image_token="<IMG_CONTEXT>",
                                    processor_kwargs=(("min_patches", 1), ("max_patches", 12)))),
@@ -173,6 +184,15 @@ ARCH: dict[str, ArchRow] = {
         # system turn unless given (a plain string), JPEG q85 data URLs, eos = the tokenizer's, 8192 new tokens.
         ArchRow("glm4v", **_LM, rope_3d=True, upstream="glm4v (simple)", prompt=_GLM4V_PROMPT),
         ArchRow("glm4v_moe", **_LM, rope_3d=True, upstream="glm4v (simple)", prompt=_GLM4V_PROMPT),
+        # Gemma 4: per-layer head widths (full-attention layers global_head_dim, sliding ones head_dim; see
+        # HeadGeometry.width); KV-shared layers (E2B/E4B) have no editable heads (see the module doc); 26B-A4B's MoE
+        # is in the MLP (enable_moe_block), the per-head site is still self_attn.o_proj. lmms-eval's
+        # gemma4 wrapper: system turn as parts, JPEG data URLs, max_soft_tokens=280 per image, 128 new tokens,
+        # generate's eos from the generation config (<eos>, <turn|>, <|tool_response>).
+        ArchRow("gemma4", **_LM, alias="intervened_gemma4", upstream="gemma4 (simple)",
+                prompt=PromptStyle(image_token="<|image|>", system_prompt=DEFAULT_SYSTEM_PROMPT, image_prep="jpeg",
+                                   nested_images=True, processor_kwargs=(("max_soft_tokens", 280),),
+                                   max_new_tokens=128, stop="generation_config")),
         ArchRow("idefics3", **_IDEFICS, alias="intervened_idefics3"),
         ArchRow("smolvlm", **_IDEFICS, alias="intervened_smolvlm"),
     )
@@ -208,12 +228,22 @@ def arch_for(model_or_config) -> ArchRow:
 class HeadGeometry:
     """Head layout of a text decoder. Layers keep the model's own indices: ``num_layers`` counts every
     decoder layer; ``head_layers`` are those with a per-head site (all of them unless the decoder is hybrid,
-    e.g. Qwen3.5, whose linear-attention layers have none)."""
+    e.g. Qwen3.5, whose linear-attention layers have none). Every layer has ``num_heads`` heads; their width
+    is ``width(layer)``: one width in most decoders, per layer in heterogeneous ones (Gemma 4: full-attention
+    layers have ``global_head_dim``-wide heads, sliding-window layers ``head_dim``-wide ones)."""
 
     num_layers: int
     num_heads: int
-    head_dim: int
+    head_dims: tuple[int, ...]  # the head width of each layer (model's indices)
     attn_layers: tuple[int, ...] | None = None  # None: every layer
+
+    def __post_init__(self):
+        if len(self.head_dims) != self.num_layers:
+            raise ValueError(f"head_dims has {len(self.head_dims)} entries for {self.num_layers} layers")
+
+    @classmethod
+    def uniform(cls, num_layers: int, num_heads: int, head_dim: int, attn_layers: tuple[int, ...] | None = None):
+        return cls(num_layers, num_heads, (head_dim,) * num_layers, attn_layers)
 
     @property
     def head_layers(self) -> tuple[int, ...]:
@@ -223,21 +253,65 @@ class HeadGeometry:
     def total_heads(self) -> int:
         return len(self.head_layers) * self.num_heads
 
+    def width(self, layer: int) -> int:
+        """The width of layer ``layer``'s heads: head ``h`` is ``o_proj`` input slice ``h*w:(h+1)*w``."""
+        return self.head_dims[layer]
+
+    @property
+    def widths_vary(self) -> bool:
+        return len({self.head_dims[i] for i in self.head_layers}) > 1
+
+    @property
+    def head_dim(self) -> int:
+        """The one head width of a decoder whose layers all share it; an error where widths differ per layer
+        (use `width`), so no code can slice a heterogeneous decoder with one layer's width."""
+        widths = sorted({self.head_dims[i] for i in self.head_layers})
+        if len(widths) != 1:
+            raise ArchError(f"head widths differ per layer ({', '.join(map(str, widths))}): use width(layer)")
+        return widths[0]
+
 
 def geometry(model_or_config) -> HeadGeometry:
     config = getattr(model_or_config, "config", model_or_config)
     row = arch_for(config)
     tc = module_at(config, row.text_config) if row.text_config else config
-    heads = tc.num_attention_heads
-    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
-    attn_layers = None
+    n = tc.num_hidden_layers
+    per_layer = _per_layer(tc, n)
+    heads = {per_layer[i].num_attention_heads for i in range(n)}
+    if len(heads) != 1:  # a per-layer head count: no (layer, head) grid to name heads in
+        raise ArchError(f"{row.family}: the number of attention heads differs per layer ({sorted(heads)}); "
+                        "mf-harness needs one head count for every layer")
+    (num_heads,) = heads
+    widths = tuple((getattr(per_layer[i], "head_dim", None) or per_layer[i].hidden_size // num_heads)
+                   for i in range(n))
+    with_heads = set(range(n))
     if row.head_layer_types:
         types = list(getattr(tc, "layer_types", None) or [])
-        if len(types) != tc.num_hidden_layers:
-            raise ArchError(f"{row.family}: config.layer_types has {len(types)} entries for "
-                            f"{tc.num_hidden_layers} layers")
-        attn_layers = tuple(i for i, t in enumerate(types) if t in row.head_layer_types)
-    return HeadGeometry(tc.num_hidden_layers, heads, head_dim, attn_layers)
+        if len(types) != n:
+            raise ArchError(f"{row.family}: config.layer_types has {len(types)} entries for {n} layers")
+        with_heads &= {i for i, t in enumerate(types) if t in row.head_layer_types}
+    with_heads -= set(kv_shared_layers(tc))
+    attn_layers = None if len(with_heads) == n else tuple(sorted(with_heads))
+    return HeadGeometry(n, num_heads, widths, attn_layers)
+
+
+def kv_shared_layers(text_config) -> tuple[int, ...]:
+    """Layers that reuse an earlier layer's keys and values (Gemma 4 E2B/E4B: ``num_kv_shared_layers``): their
+    outputs at a prompt position reach only that position's own logits (see the module doc), so they have no heads
+    mf-harness edits."""
+    modes = getattr(text_config, "kv_sharing_modes", None) if getattr(text_config, "num_kv_shared_layers", 0) else None
+    return tuple(i for i, m in enumerate(modes or ()) if m == "reuse")
+
+
+def _per_layer(tc, n: int) -> list:
+    """Each layer's config: transformers' heterogeneous configs (``per_layer_config``, e.g. Gemma 4's
+    ``global_head_dim`` on full-attention layers) resolve per-layer attributes there; others are one config."""
+    if getattr(tc, "is_heterogeneous", False):
+        view = tc.per_layer_config
+        if len(view) != n:
+            raise ArchError(f"per_layer_config has {len(view)} layers, config says {n}")
+        return [view[i] for i in range(n)]
+    return [tc] * n
 
 
 def text_decoder(model: nn.Module) -> nn.Module:
@@ -273,8 +347,8 @@ def resolve(model: nn.Module) -> tuple[ArchRow, list[nn.Module], list[nn.Module]
     attns, oprojs = [], []
     with_heads = set(geo.head_layers)
     for i, layer in enumerate(layers):
-        if i not in with_heads:  # a hybrid decoder's layer without heads (e.g. linear attention)
-            if getattr(layer, row.attn, None) is not None:
+        if i not in with_heads:  # a hybrid decoder's layer without heads (e.g. linear attention), a KV-shared one
+            if row.head_layer_types and getattr(layer, row.attn, None) is not None:
                 raise RuntimeError(f"{row.family}: layer {i} has {row.attn} but its config layer type has no heads")
             attns.append(None)
             oprojs.append(None)
@@ -283,10 +357,10 @@ def resolve(model: nn.Module) -> tuple[ArchRow, list[nn.Module], list[nn.Module]
         o_proj = getattr(attn, row.o_proj, None) if attn is not None else None
         if not isinstance(o_proj, nn.Linear):
             raise RuntimeError(f"{row.family}: layer {i} has no {row.attn}.{row.o_proj} linear layer")
-        if o_proj.in_features != geo.num_heads * geo.head_dim:
+        if o_proj.in_features != geo.num_heads * geo.width(i):
             raise RuntimeError(
                 f"{row.family}: layer {i} {row.o_proj} takes {o_proj.in_features} features, "
-                f"expected heads*head_dim = {geo.num_heads}*{geo.head_dim}"
+                f"expected heads*head_dim = {geo.num_heads}*{geo.width(i)}"
             )
         attns.append(attn)
         oprojs.append(o_proj)

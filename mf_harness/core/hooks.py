@@ -339,7 +339,7 @@ def intervene(model: nn.Module, plan: HeadPlan | None) -> Iterator[list]:
             raise ValueError(f"plan names layer {layer}; the model has layers 0..{geo.num_layers - 1}")
         if oprojs[layer] is None:
             raise SpecError(f"plan names layer {layer}, which has no attention heads (a linear-attention layer "
-                            f"of a hybrid decoder); the layers with heads are "
+                            f"of a hybrid decoder, or a KV-shared layer); the layers with heads are "
                             f"{', '.join(map(str, geo.head_layers))}")
         if c.shape != (plan.batch_size, geo.num_heads):
             raise ValueError(f"layer {layer} coefficients have shape {tuple(c.shape)}, "
@@ -359,7 +359,7 @@ def intervene(model: nn.Module, plan: HeadPlan | None) -> Iterator[list]:
     try:
         register(decoder.register_forward_pre_hook(decoder_pre, with_kwargs=True))
         for layer, coef in sorted(plan.coef.items()):
-            lh = _LayerHooks(layer, coef, tracker, geo.head_dim)
+            lh = _LayerHooks(layer, coef, tracker, geo.width(layer))
             register(attns[layer].register_forward_pre_hook(lh.attn_pre, with_kwargs=True))
             register(oprojs[layer].register_forward_pre_hook(lh.oproj_pre))
         yield handles

@@ -214,7 +214,8 @@ class InterventionSpec:
                 if head_layers is not None and h.layer not in head_layers:
                     raise SpecError(
                         f"{what}: head {h} names layer {h.layer}, which has no attention heads in {model_name} "
-                        f"(a linear-attention layer of a hybrid decoder); the layers with heads are "
+                        f"(a linear-attention layer of a hybrid decoder, or a KV-shared layer, which reuses an earlier "
+                        f"layer's keys and values); the layers with heads are "
                         f"{', '.join(map(str, head_layers))}"
                     )
                 if h.head >= num_heads:

@@ -3,7 +3,7 @@
 One thin lmms-eval model (`IntervenedHF`) for any ``AutoModelForImageTextToText``
 checkpoint whose ``model_type`` is a row of `mf_harness.core.arch.ARCH`. Registered as
 ``intervened_hf`` with the aliases ``intervened_qwen``, ``intervened_internvl``,
-``intervened_llava``, ``intervened_gemma3``, ``intervened_idefics3`` and
+``intervened_llava``, ``intervened_gemma3``, ``intervened_gemma4``, ``intervened_idefics3`` and
 ``intervened_smolvlm``: synonyms, the family comes from the checkpoint's config.
 
 Prompting follows lmms-eval's own wrapper for the family (the row's ``upstream``), through
@@ -24,7 +24,7 @@ model as upstream prompts it. On top of that:
 
 Where this differs from upstream, on purpose: ``until`` stop strings are applied for
 every family (lmms-eval's idefics2 and InternVL-hf wrappers ignore them); batches are
-left-padded without Gemma's ``pad_to_multiple_of=8``; InternVL and LLaVA run batches
+left-padded without Gemma 3/4's ``pad_to_multiple_of=8``; InternVL and LLaVA run batches
 (their upstream wrappers assert batch size 1); Idefics3/SmolVLM (no wrapper in lmms-eval
 0.7.3) follow the idefics2 wrapper but keep the checkpoint's image splitting.
 

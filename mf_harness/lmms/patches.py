@@ -21,6 +21,7 @@ lmms-eval 0.7.3, transformers 5.23-5.24, filelock 4.2-4.3.
 | ``filelock_api_alias`` | lmms-eval 0.7.3 + filelock 4.3 | ``simple_evaluate`` imports ``filelock._api``, which filelock 4.3 removed |
 | ``processor_without_torchvision`` | transformers 5 ``ProcessorMixin.get_attributes`` | processors with a video sub-processor refuse to load without torchvision, even for images |
 | ``smolvlm_video_optional`` | transformers 5 ``SmolVLMProcessor.__init__`` | ``video_processor`` is a required argument (None once the processor has none) |
+| ``gemma4_video_optional`` | transformers 5 ``Gemma4Processor.__init__`` | ``video_processor`` is a required argument, passed on to ``ProcessorMixin.__init__`` by keyword (None, and dropped there, once the processor has none) |
 | ``smolvlm_num2words`` | transformers 5 ``processing_smolvlm.num2words`` | the processor refuses to build without ``num2words`` (used only for video prompts) |
 """
 
@@ -355,6 +356,51 @@ def smolvlm_video_optional() -> Optional[Undo]:
 
     def undo():
         SmolVLMProcessor.__init__ = original
+
+    return undo
+
+
+@_patch("processors")
+def gemma4_video_optional() -> Optional[Undo]:
+    """transformers 5's ``Gemma4Processor.__init__(feature_extractor, image_processor, tokenizer, video_processor,
+    ...)`` requires ``video_processor`` and hands it to ``ProcessorMixin.__init__`` by keyword; once
+    ``processor_without_torchvision`` drops it from the processor's attributes, ``from_pretrained`` calls it without
+    one, and ``ProcessorMixin.__init__`` rejects the keyword ("Unexpected keyword argument video_processor"). Wrap
+    ``__init__`` so the argument defaults to None, and ``ProcessorMixin.__init__`` so that, for a Gemma 4 processor,
+    a None ``video_processor`` that is not an attribute is dropped. Nothing to do with torchvision, or without
+    Gemma 4."""
+    if has_torchvision():
+        return None
+    try:
+        from transformers import Gemma4Processor
+    except ImportError:
+        return None
+    from transformers import processing_utils
+
+    original = Gemma4Processor.__init__
+    mixin_original = processing_utils.ProcessorMixin.__init__
+
+    # the same positional parameters, in order, with upstream's defaults (see smolvlm_video_optional)
+    def __init__(self, feature_extractor=None, image_processor=None, tokenizer=None, video_processor=None,
+                 chat_template=None, image_seq_length=280, audio_seq_length=750, audio_ms_per_token=40, **kwargs):
+        original(self, feature_extractor, image_processor, tokenizer, video_processor, chat_template=chat_template,
+                 image_seq_length=image_seq_length, audio_seq_length=audio_seq_length,
+                 audio_ms_per_token=audio_ms_per_token, **kwargs)
+
+    __init__.__doc__ = original.__doc__
+
+    def mixin_init(self, *args, **kwargs):
+        if (isinstance(self, Gemma4Processor) and "video_processor" in kwargs and kwargs["video_processor"] is None
+                and "video_processor" not in self.get_attributes()):
+            del kwargs["video_processor"]
+        mixin_original(self, *args, **kwargs)
+
+    Gemma4Processor.__init__ = __init__
+    processing_utils.ProcessorMixin.__init__ = mixin_init
+
+    def undo():
+        Gemma4Processor.__init__ = original
+        processing_utils.ProcessorMixin.__init__ = mixin_original
 
     return undo
 

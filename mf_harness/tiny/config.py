@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "internvl", "llava", "llava_next",
-            "llava_onevision", "gemma3", "glm4v", "glm4v_moe", "idefics3", "smolvlm")
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "internvl", "llava", "llava_next",
+            "llava_onevision", "gemma3", "gemma4", "glm4v", "glm4v_moe", "idefics3", "smolvlm")
 
 _CORPUS_WORDS = (
     "the a an of to in and or is are was were be this that these those what which who how many "

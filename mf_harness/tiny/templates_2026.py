@@ -1,5 +1,7 @@
-"""Chat templates of the published checkpoints of the families added in late 2026 (LLaVA-NeXT, Qwen3.5, GLM-4V;
-see `templates`)."""
+"""Chat templates of the published checkpoints of the families added in late 2026 (LLaVA-NeXT, Qwen3.5, GLM-4V,
+Gemma 4; see `templates`)."""
+
+from pathlib import Path
 
 # llava-hf/llava-v1.6-mistral-7b-hf (chat_template.json), as quoted verbatim in openvinotoolkit/openvino.genai
 # src/cpp/src/tokenizer.cpp (chat_template_fallback_map, "tiny-random-llava-next, llava-v1.6-mistral"). No BOS
@@ -78,3 +80,42 @@ GLM4V_CHAT_TEMPLATE = (
 GLM4V_SPECIAL_TOKENS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
                         "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>",
                         "<|begin_of_video|>", "<|end_of_video|>", "<|image|>", "<|video|>", "<think>", "</think>"]
+
+# google/gemma-4-31B-it and gemma-4-26B-A4B-it (the "large" template; transformers' convert_gemma4_weights.py takes it
+# from gg-hf-gg/gemma-4-31B-it, the E2B/E4B one from gg-hf-gg/gemma-4-E4B-it), verbatim in
+# gemma-4-31B-it.chat_template.jinja beside this module: 363 lines, 17466 bytes, md5
+# 8c34cf93c7a7815b3fdb300a009c4c17. Source: mudler/LocalAI backend/go/dllm/gemma4_renderer.go (commit
+# d5edc878cfd29d91bc08efd932ecb9dab740cfbe), which quotes, with line numbers, the tokenizer.chat_template "extracted
+# verbatim" from a Gemma 4 26B-A4B-based GGUF (diffusiongemma-26B-A4B-it) and states its size and md5; the text
+# rebuilt from that quote has exactly that size and md5. That it is Google's own: public notes give the same size
+# (17466 bytes) for the chat_template.jinja of google/gemma-4-12b-it (revision 657684f) and of gemma-4-26b-a4b-it
+# conversions, and cite google/gemma-4-31B-it's chat_template.jinja with this line numbering (system turn L175-205,
+# message loop L215-353, generation prompt L356-363). Not found verbatim: the later revisions (e.g. gemma-4-12b-it
+# on 2026-07-15: tool-response/thinking branches, null handling); the parts of them that were found render what
+# lmms-eval's gemma4 wrapper sends (system + user [image, text] + generation prompt) the same way. The template
+# writes <bos> itself (the tokenizer adds none); a list-valued system content renders as its texts, each followed
+# by a space; an image renders as <|image|> (the processor expands it to <|image> + n x <|image|> + <image|>); the
+# generation prompt is "<|turn>model\n" followed, unless enable_thinking is true, by an empty thought channel
+# "<|channel>thought\n<channel|>" (the E2B/E4B template has no empty thought channel).
+GEMMA4_CHAT_TEMPLATE = (Path(__file__).with_name("gemma-4-31B-it.chat_template.jinja")).read_text()
+
+# The special tokens of the Gemma 4 tokenizer (ids in the real 262144-token vocabulary in brackets): <pad> [0],
+# <eos> [1], <bos> [2], <unk> [3], <mask> [4], tool declaration/call/response delimiters [46-51], the string escape
+# <|"|> [52], <|think|> [98], thought channel <|channel> <channel|> [100, 101], turns <|turn> <turn|> [105, 106],
+# begin-of-image <|image> [255999], begin-of-audio <|audio> [256000], the image/audio soft tokens <|image|> <|audio|>
+# [258880, 258881], end-of-image <image|> [258882], end-of-audio <audio|> [258883], <|video|> [258884].
+GEMMA4_SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<|tool>", "<tool|>", "<|tool_call>",
+                         "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>', "<|think|>", "<|channel>",
+                         "<channel|>", "<|turn>", "<turn|>", "<|image>", "<|audio>", "<|image|>", "<|audio|>",
+                         "<image|>", "<audio|>", "<|video|>"]
+
+# The tokenizer's named special tokens (tokenizer_config.json; convert_gemma4_weights.py's extra_special_tokens).
+# Gemma4Processor reads image_token, boi_token, eoi_token and (even for images) boa_token, eoa_token, audio_token;
+# it adds <|video|> itself.
+GEMMA4_EXTRA_SPECIAL_TOKENS = {
+    "image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>", "audio_token": "<|audio|>",
+    "boa_token": "<|audio>", "eoa_token": "<audio|>", "sot_token": "<|turn>", "eot_token": "<turn|>",
+    "soc_token": "<|channel>", "eoc_token": "<channel|>", "think_token": "<|think|>", "escape_token": '<|"|>',
+    "str_token": "<|tool_response>", "etr_token": "<tool_response|>", "stc_token": "<|tool_call>",
+    "etc_token": "<tool_call|>", "std_token": "<|tool>", "etd_token": "<tool|>",
+}
