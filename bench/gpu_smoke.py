@@ -131,22 +131,25 @@ def main() -> None:
 
     lm, fig["load_s"] = _timed(lambda: load(device=dev))
     geo = geometry(lm.model)
+    hl = geo.head_layers  # the layers with heads (not a hybrid decoder's linear-attention or KV-shared ones)
+    mid, last = hl[len(hl) // 2], hl[-1]
     fig.update(dtype=str(lm.model.dtype), params_b=round(sum(p.numel() for p in lm.model.parameters()) / 1e9, 3),
-               layers=geo.num_layers, heads=geo.num_heads, head_dim=geo.head_dim)
+               layers=geo.num_layers, heads=geo.num_heads, head_widths=sorted({geo.width(l) for l in hl}),
+               layers_with_heads=len(hl))
 
     # exactness in bf16 on one left-padded batch
     images = [lm.visuals(lambda d: [d["image"]], d, "x") for d in docs[:4]]
     rendered, users = zip(*(lm.codec.render(c, 1) for c in contexts[:4]))
     enc = lm.codec.encode(list(rendered), images).to(lm.device)
-    spec = InterventionSpec(block=[(geo.num_layers // 2, 3)], scope="instruction")
+    spec = InterventionSpec(block=[(mid, 3)], scope="instruction")
     plan = lm.codec.plan([spec] * 4, list(rendered), list(users), enc["input_ids"].cpu(),
                          enc["attention_mask"].cpu(), docs[:4], ["x"] * 4)
-    every = InterventionSpec(amplify=[(l, h) for l in range(geo.num_layers) for h in range(geo.num_heads)],
+    every = InterventionSpec(amplify=[(l, h) for l in hl for h in range(geo.num_heads)],
                              coefficient=1.0000001)
     ones = HeadPlan.build([every] * 4, torch.ones_like(plan.mask), geo.num_layers, geo.num_heads)
     for c in ones.coef.values():
         c.fill_(1.0)
-    oproj = resolve(lm.model)[3][geo.num_layers // 2]
+    oproj = resolve(lm.model)[3][mid]
     rec = []
     h = oproj.register_forward_hook(lambda m, a, o: rec.append(o.detach()))
     with torch.inference_mode():
@@ -165,7 +168,7 @@ def main() -> None:
 
     # throughput through the wrapper
     gen, ll = _requests(contexts, "gen", args.max_new_tokens), _requests(contexts, "ll", 0)
-    blocked = InterventionSpec(block=[(l, h) for l in range(geo.num_layers) for h in range(geo.num_heads)][::7][:16],
+    blocked = InterventionSpec(block=[(l, h) for l in hl for h in range(geo.num_heads)][::7][:16],
                                scope="instruction")
     lm.generate_until(gen[: args.batch_size])  # warm-up
     for name, s in (("clean", InterventionSpec()), ("block16", blocked)):
@@ -209,7 +212,7 @@ def main() -> None:
     if args.cli:
         out = tmp / "lmms_out"
         cmd = [sys.executable, "-m", "lmms_eval", "--model", "intervened_hf", "--model_args",
-               f"pretrained={path},device={dev},block=L{geo.num_layers // 2}H0+L{geo.num_layers - 1}H1",
+               f"pretrained={path},device={dev},block=L{mid}H0+L{last}H1",
                "--tasks", "mfr", "--limit", "32", "--batch_size", str(args.batch_size), "--output_path", str(out)]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),

@@ -67,7 +67,8 @@ def hang_after():
     def make(where: Path, task: str, n: int):
         where.mkdir(parents=True)
         (where / "sitecustomize.py").write_text(_HANG.format(task=task, after=n))
-        return {"PYTHONPATH": str(where)}, lambda: sorted(p.name for p in where.glob("hung.*"))
+        path = os.pathsep.join(p for p in (str(where), os.environ.get("PYTHONPATH", "")) if p)
+        return {"PYTHONPATH": path}, lambda: sorted(p.name for p in where.glob("hung.*"))
 
     return make
 

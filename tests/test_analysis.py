@@ -402,11 +402,12 @@ def test_discover_ranks_only_layers_with_heads(tmp_path, family, method):
     IntervenedHF(pretrained=str(path), intervention=str(tmp_path / "out" / "heads_text_top4.json"))
 
 
-def test_knockout_reaches_kv_shared_layers_and_refuses_linear_attention(tmp_path):
+def test_knockout_reaches_kv_shared_layers_and_skips_linear_attention(tmp_path):
     """Gemma 4's KV-shared layers have no heads to edit but attend over an earlier layer's keys: a knockout cuts
-    their edges too (the last position's query, which is computed, loses the image); a hybrid decoder's
-    linear-attention layers have no edges to cut, and a window over one is a clear error."""
-    from mf_harness.analysis.measures import knockout_nssd
+    their edges too (the last position's query, which is computed, loses the image). A hybrid decoder's
+    linear-attention layers have no edges to cut: a window cuts its attention layers, and one with none is not
+    measured (an error where it was asked for)."""
+    from mf_harness.analysis.measures import cut_edges, knockout_nssd
     from mf_harness.errors import MfHarnessError
     from mf_harness.tiny import TinyConfig, build_tiny_vlm
 
@@ -419,6 +420,15 @@ def test_knockout_reaches_kv_shared_layers_and_refuses_linear_attention(tmp_path
     assert len(rows) == 4 and all(abs(r["nssd"]) > 0 for r in rows)
     q35 = IntervenedHF(pretrained=str(build_tiny_vlm(tmp_path / "q35", TinyConfig(family="qwen3_5", seed=2))))
     samples = prepare_samples(q35, task, docs)
-    with pytest.raises(MfHarnessError, match=r"layer 0 mixes tokens without attention.*\(1, 3\)"):
-        knockout_nssd(q35, samples, "image", "instruction", window=3, layers=[1], progress=False, share_prefix=False)
-    assert len(knockout_nssd(q35, samples, "image", "last", window=1, layers=[3], progress=False)) == 2
+    # every layer a centre: windows over linear-attention layers only are not reported; the others cut the
+    # attention layers in them (window 0-2 cuts layer 1 only: the same as window 1-1)
+    one = knockout_nssd(q35, samples, "image", "instruction", window=1, progress=False)
+    assert sorted({(r["layer"], r["window"]) for r in one}) == [(1, "1-1"), (3, "3-3")]
+    three = knockout_nssd(q35, samples, "image", "instruction", window=3, layers=[1], progress=False)
+    assert [r["window"] for r in three] == ["0-2", "0-2"]
+    assert [r["nssd"] for r in three] == [r["nssd"] for r in one if r["layer"] == 1] and any(r["nssd"] for r in three)
+    with pytest.raises(MfHarnessError, match=r"around layer 2 has no attention layer.*attention: 1, 3"):
+        knockout_nssd(q35, samples, "image", "instruction", window=1, layers=[2], progress=False)
+    with pytest.raises(MfHarnessError, match=r"layer 0 mixes tokens without attention.*attention: 1, 3"):
+        with cut_edges(q35.model, [0, 1], [torch.tensor([5])], [torch.tensor([1])]):
+            pass

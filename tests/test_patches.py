@@ -116,11 +116,13 @@ def test_processor_without_torchvision(fresh):
     assert not patches.has_torchvision()  # the lean install keeps it out; the patch exists for this
     original = processing_utils.ProcessorMixin.__dict__["get_attributes"]
     assert "video_processor" in Qwen2_5_VLProcessor.get_attributes()
+    init = processing_utils.ProcessorMixin.__init__
     patches.install(fresh)
     assert "video_processor" not in Qwen2_5_VLProcessor.get_attributes()
     assert "image_processor" in Qwen2_5_VLProcessor.get_attributes()
     patches.uninstall(fresh)
     assert processing_utils.ProcessorMixin.__dict__["get_attributes"] is original
+    assert processing_utils.ProcessorMixin.__init__ is init
 
 
 @pytest.mark.parametrize("fresh", ["smolvlm_video_optional"], indirect=True)
@@ -142,12 +144,15 @@ def test_smolvlm_video_optional(fresh):
 
 
 @pytest.mark.parametrize("fresh", ["gemma4_video_optional"], indirect=True)
-def test_gemma4_video_optional(fresh, tmp_path):
+def test_gemma4_video_optional(fresh, tmp_path, monkeypatch):
     from transformers import AutoProcessor, Gemma4Processor, processing_utils
 
     from mf_harness.tiny import TinyConfig, build_tiny_vlm
 
-    original, mixin = Gemma4Processor.__init__, processing_utils.ProcessorMixin.__init__
+    original = Gemma4Processor.__init__
+    patches.uninstall("processor_without_torchvision")  # upstream's ProcessorMixin.__init__, for below
+    mixin_init = processing_utils.ProcessorMixin.__init__
+    patches.install("processor_without_torchvision")
     params = inspect.signature(original).parameters
     assert [(n, p.default) for n, p in params.items()][1:9] == [  # upstream's parameters the wrapper repeats
         ("feature_extractor", inspect.Parameter.empty), ("image_processor", inspect.Parameter.empty),
@@ -157,9 +162,19 @@ def test_gemma4_video_optional(fresh, tmp_path):
     path = build_tiny_vlm(tmp_path / "g4", TinyConfig(family="gemma4", seed=0))
     assert type(AutoProcessor.from_pretrained(path)).__name__ == "Gemma4Processor"
     patches.uninstall(fresh)
-    assert Gemma4Processor.__init__ is original and processing_utils.ProcessorMixin.__init__ is mixin
+    assert Gemma4Processor.__init__ is original
     with pytest.raises(TypeError, match="video_processor"):  # what the patch is for: no torchvision, no video
         AutoProcessor.from_pretrained(path)
+    # the part in processor_without_torchvision: Gemma4Processor hands video_processor=None on by keyword, which
+    # ProcessorMixin.__init__ rejects once it is no attribute, unless the patch drops it
+    patches.install(fresh)
+    parts = AutoProcessor.from_pretrained(path)
+    parts = dict(feature_extractor=parts.feature_extractor, image_processor=parts.image_processor,
+                 tokenizer=parts.tokenizer, video_processor=None)
+    assert "video_processor" not in Gemma4Processor(**parts).get_attributes()
+    monkeypatch.setattr(processing_utils.ProcessorMixin, "__init__", mixin_init)
+    with pytest.raises(TypeError, match="video_processor"):
+        Gemma4Processor(**parts)
 
 
 @pytest.mark.parametrize("fresh", ["smolvlm_num2words"], indirect=True)

@@ -49,7 +49,7 @@ class Trace:
     resid: list[torch.Tensor]  # per layer, [B, P, D]  (after the layer)
     attn: list[torch.Tensor]  # per layer, [B, P, D]
     mlp: list[torch.Tensor]  # per layer, [B, P, D]
-    z: list[torch.Tensor | None]  # per layer, [B, P, H, d] (None: a layer without heads, hybrid decoders)
+    z: list[torch.Tensor | None]  # per layer, [B, P, H, d_layer] (None: a layer without heads: linear or KV-shared)
     logits: torch.Tensor | None = None  # [B, P, V] final logits at the positions (if asked)
 
 

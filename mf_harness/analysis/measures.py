@@ -76,7 +76,7 @@ def lens_and_attribution(lm, samples: Sequence[Sample], k: int = 3, batch_size: 
     geo = geometry(model)
     L = geo.num_layers
     rl = readout_layer % L
-    HL = geo.head_layers  # layers with heads (all but a hybrid decoder's linear-attention layers)
+    HL = geo.head_layers  # layers with heads (not a hybrid decoder's linear-attention layers nor KV-shared ones)
     W_O = [resolve(model)[3][l].weight.detach().float() for l in HL]
     rows_lens, rows_layers, rows_heads = [], [], []
     for batch in tqdm(list(_batches(samples, batch_size)), desc="lens+attribution", disable=not progress):
@@ -221,6 +221,13 @@ def ablation_effects(lm, samples: Sequence[Sample], scope: str = "instruction", 
     return rows
 
 
+def attention_layers(model) -> set[int]:
+    """Layers whose token mixing is attention (edges a knockout can cut): all but a hybrid decoder's
+    linear-attention layers, KV-shared layers included (no heads to edit, but attention of their own)."""
+    row, decoder_layers, attns, _ = resolve(model)
+    return {i for i, a in enumerate(attns) if a is not None or getattr(decoder_layers[i], row.attn, None) is not None}
+
+
 @contextmanager
 def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: Sequence[torch.Tensor],
               row_layers: Sequence[range] | None = None):
@@ -234,12 +241,12 @@ def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: S
     """
     row, decoder_layers, attns, _ = resolve(model)
     layers = list(layers)
+    attending = attention_layers(model)
     for l in layers:
-        if attns[l] is None and getattr(decoder_layers[l], row.attn, None) is None:
+        if l not in attending:
             raise MfHarnessError(
                 f"knockout: layer {l} mixes tokens without attention (a linear-attention layer of a hybrid decoder: "
-                f"a recurrent state, no edges to cut); choose windows of layers with attention "
-                f"({', '.join(str(i) for i, a in enumerate(attns) if a is not None)}), e.g. --window 1")
+                f"a recurrent state, no edges to cut); layers with attention: {', '.join(map(str, sorted(attending)))}")
     B = len(dest)
     handles = []
     state = {}
@@ -265,7 +272,7 @@ def cut_edges(model, layers: Iterable[int], dest: Sequence[torch.Tensor], src: S
         cache = find_cache(args, kwargs)
         if cache is None:
             offset = 0
-        elif getattr(cache, "is_dummy", [False] * (module.layer_idx + 1))[module.layer_idx]:
+        elif getattr(module, "is_kv_shared_layer", False):
             # a KV-shared layer (Gemma 4) keeps no cache: it attends over an earlier layer's keys, this chunk's
             # included, which that layer has already added to the cache in this forward
             offset = int(cache.get_seq_length()) - q_len
@@ -328,16 +335,28 @@ def knockout_nssd(lm, samples: Sequence[Sample], src: str, dest: str, window: in
 
     model = lm.model
     L = geometry(model).num_layers
+    attending = attention_layers(model)
     centers = list(layers) if layers is not None else list(range(L))
     half = window // 2
-    windows = [range(max(0, c - half), min(L, c + half + 1)) for c in centers]
+    spans = [range(max(0, c - half), min(L, c + half + 1)) for c in centers]
+    # a window cuts the edges of its layers with attention; a hybrid decoder's linear-attention layers in it have
+    # none (a recurrent state) and stay as they are. A window without any attention layer measures nothing: not
+    # reported where the centres are every layer, an error where they were asked for.
+    keep = [(c, w) for c, w in zip(centers, spans) if set(w) & attending]
+    if len(keep) < len(centers) and layers is not None:
+        c = next(c for c, w in zip(centers, spans) if not set(w) & attending)
+        raise MfHarnessError(f"knockout: the window of {window} around layer {c} has no attention layer (it mixes "
+                             f"tokens through linear attention only); layers with attention: "
+                             f"{', '.join(map(str, sorted(attending)))}")
+    centers = [c for c, _ in keep]
+    windows = [[l for l in w if l in attending] for _, w in keep]
+    label = {c: f"{w.start}-{w.stop - 1}" for c, w in keep}
     rows = []
 
-    def add(s, clean, cut, c, win):
+    def add(s, clean, cut, c):
         before = bool(clean[s.compliant_ids].max() > clean[s.competing_ids].max())
         after = bool(cut[s.compliant_ids].max() > cut[s.competing_ids].max())
-        rows.append(dict(sample_id=s.sample_id, follow=s.follow, src=src, dest=dest, layer=c,
-                         window=f"{win.start}-{win.stop - 1}",
+        rows.append(dict(sample_id=s.sample_id, follow=s.follow, src=src, dest=dest, layer=c, window=label[c],
                          nssd=nssd(clean, cut, s.compliant_ids, s.competing_ids),
                          compliant_before=before, compliant_after=after))
 
@@ -348,8 +367,8 @@ def knockout_nssd(lm, samples: Sequence[Sample], src: str, dest: str, window: in
             rest.append(s)
             continue
         cuts = [(clean, row) for clean, rows_ in got for row in rows_]
-        for c, win, (clean, row) in zip(centers, windows, cuts):
-            add(s, clean, row, c, win)
+        for c, (clean, row) in zip(centers, cuts):
+            add(s, clean, row, c)
     device = next(model.parameters()).device
     for batch in tqdm(list(_batches(rest, batch_size)), desc=f"knockout {src}->{dest}", disable=not progress or not rest):
         enc, offsets = encode_samples(lm, batch)
@@ -362,5 +381,5 @@ def knockout_nssd(lm, samples: Sequence[Sample], src: str, dest: str, window: in
             with torch.inference_mode(), cut_edges(model, win, d, sp):
                 cut = model(**feed).logits[:, -1].float()
             for b, s in enumerate(batch):
-                add(s, clean[b], cut[b], c, win)
+                add(s, clean[b], cut[b], c)
     return rows

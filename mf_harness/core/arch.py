@@ -61,13 +61,16 @@ lmms-eval's ``gemma4``). Sliding-window layers have ``head_dim``-wide heads (256
 gives each layer's width, `HeadGeometry.width` carries it, and the hooks and analyses slice every layer at its own
 width (``HeadGeometry.head_dim`` raises where widths differ, so no code can use one width for all). Gemma 4's final
 logits are soft-capped (``final_logit_softcapping`` 30): answers and margins use the model's logits; the logit lens
-and DLA use the linear unembedding, as for every family (the cap is monotonic per token).
+and DLA use the linear unembedding, as for every family (the cap is monotonic per token); with Gemma's post-norms,
+per-layer inputs and layer scalars the lens's attention/MLP split and DLA are approximate there.
 KV-shared layers (Gemma 4 E2B/E4B, ``num_kv_shared_layers``: the last 20 of 35 layers in E2B) attend over the keys
 and values of an earlier layer and write none of their own, so their outputs at a prompt position reach only that
-position's own logits, and ``generate``'s prefill computes them at the last position only
-(``Gemma4TextModel._maybe_slice_kv_shared_inputs``). They have no heads here (`kv_shared_layers`; like a hybrid
-decoder's linear-attention layers below): an edit at the instruction there could only be a no-op, and the hooks
-could not reach positions that are never computed.
+position's own logits, and ``generate``'s prefill (eager, sdpa) computes them at the last position only
+(``Gemma4TextModel._maybe_slice_kv_shared_inputs``). They have no heads here, for every scope (`kv_shared_layers`;
+like a hybrid decoder's linear-attention layers below): an edit at the instruction there could only be a no-op,
+and the hooks could not reach positions that are never computed. Edits at the last position or on generated tokens
+there would act: a limitation (the hooks would need chunks sliced to the kept positions). Knockouts cut their
+attention edges (`mf_harness.analysis.measures.attention_layers`).
 
 Hybrid decoders: **Qwen3.5** (``qwen3_5``, and ``qwen3_5_moe`` with MoE MLPs) interleaves linear-attention
 (Gated DeltaNet, ``linear_attn``) layers, which have no per-head site, with full-attention layers that do. The row's
@@ -235,15 +238,11 @@ class HeadGeometry:
     num_layers: int
     num_heads: int
     head_dims: tuple[int, ...]  # the head width of each layer (model's indices)
-    attn_layers: tuple[int, ...] | None = None  # None: every layer
+    attn_layers: tuple[int, ...] | None = None  # the layers with heads (None: every layer)
 
     def __post_init__(self):
         if len(self.head_dims) != self.num_layers:
             raise ValueError(f"head_dims has {len(self.head_dims)} entries for {self.num_layers} layers")
-
-    @classmethod
-    def uniform(cls, num_layers: int, num_heads: int, head_dim: int, attn_layers: tuple[int, ...] | None = None):
-        return cls(num_layers, num_heads, (head_dim,) * num_layers, attn_layers)
 
     @property
     def head_layers(self) -> tuple[int, ...]:
@@ -256,10 +255,6 @@ class HeadGeometry:
     def width(self, layer: int) -> int:
         """The width of layer ``layer``'s heads: head ``h`` is ``o_proj`` input slice ``h*w:(h+1)*w``."""
         return self.head_dims[layer]
-
-    @property
-    def widths_vary(self) -> bool:
-        return len({self.head_dims[i] for i in self.head_layers}) > 1
 
     @property
     def head_dim(self) -> int:
@@ -299,8 +294,8 @@ def kv_shared_layers(text_config) -> tuple[int, ...]:
     """Layers that reuse an earlier layer's keys and values (Gemma 4 E2B/E4B: ``num_kv_shared_layers``): their
     outputs at a prompt position reach only that position's own logits (see the module doc), so they have no heads
     mf-harness edits."""
-    modes = getattr(text_config, "kv_sharing_modes", None) if getattr(text_config, "num_kv_shared_layers", 0) else None
-    return tuple(i for i, m in enumerate(modes or ()) if m == "reuse")
+    n, shared = text_config.num_hidden_layers, getattr(text_config, "num_kv_shared_layers", 0) or 0
+    return tuple(range(n - shared, n))
 
 
 def _per_layer(tc, n: int) -> list:

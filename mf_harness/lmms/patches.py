@@ -19,9 +19,9 @@ lmms-eval 0.7.3, transformers 5.23-5.24, filelock 4.2-4.3.
 | ``exit_status`` | lmms-eval 0.7.3 ``__main__`` | a failed evaluation prints a traceback and exits 0: print one line for input errors and exit 1 |
 | ``response_cache_spec_key`` | lmms-eval 0.7.3 ``ResponseCache.create`` | ``--use_cache`` keys on the ``--model_args`` text, so an edited spec file would reuse stale answers: key on the spec's content |
 | ``filelock_api_alias`` | lmms-eval 0.7.3 + filelock 4.3 | ``simple_evaluate`` imports ``filelock._api``, which filelock 4.3 removed |
-| ``processor_without_torchvision`` | transformers 5 ``ProcessorMixin.get_attributes`` | processors with a video sub-processor refuse to load without torchvision, even for images |
+| ``processor_without_torchvision`` | transformers 5 ``ProcessorMixin.get_attributes``, ``__init__`` | processors with a video sub-processor refuse to load without torchvision, even for images |
 | ``smolvlm_video_optional`` | transformers 5 ``SmolVLMProcessor.__init__`` | ``video_processor`` is a required argument (None once the processor has none) |
-| ``gemma4_video_optional`` | transformers 5 ``Gemma4Processor.__init__`` | ``video_processor`` is a required argument, passed on to ``ProcessorMixin.__init__`` by keyword (None, and dropped there, once the processor has none) |
+| ``gemma4_video_optional`` | transformers 5 ``Gemma4Processor.__init__`` | ``video_processor`` is a required argument (None once the processor has none) |
 | ``smolvlm_num2words`` | transformers 5 ``processing_smolvlm.num2words`` | the processor refuses to build without ``num2words`` (used only for video prompts) |
 """
 
@@ -311,21 +311,31 @@ def processor_without_torchvision() -> Optional[Undo]:
     (Qwen2/2.5/3-VL, InternVL, LLaVA-OneVision, SmolVLM) refuse to build or load without
     torchvision, even for image+text use. Make ``ProcessorMixin.get_attributes`` drop
     ``video_processor`` when torchvision is missing; such processors then load with their PIL image
-    processor (`without_video` gives a loaded one a stand-in). Nothing to do with torchvision."""
+    processor (`without_video` gives a loaded one a stand-in). ``ProcessorMixin.__init__`` then drops
+    a ``video_processor=None`` keyword, which it would reject as no attribute (Gemma 4's processor
+    passes its argument on by keyword). Nothing to do with torchvision."""
     if has_torchvision():
         return None
     from transformers import processing_utils
 
-    original = processing_utils.ProcessorMixin.__dict__["get_attributes"]
+    mixin = processing_utils.ProcessorMixin
+    original, original_init = mixin.__dict__["get_attributes"], mixin.__init__
     get = original.__func__
 
     def get_attributes(cls):
         return [a for a in get(cls) if a != "video_processor"]
 
-    processing_utils.ProcessorMixin.get_attributes = classmethod(get_attributes)
+    def __init__(self, *args, **kwargs):
+        if "video_processor" in kwargs and kwargs["video_processor"] is None:
+            del kwargs["video_processor"]
+        original_init(self, *args, **kwargs)
+
+    mixin.get_attributes = classmethod(get_attributes)
+    mixin.__init__ = __init__
 
     def undo():
-        processing_utils.ProcessorMixin.get_attributes = original
+        mixin.get_attributes = original
+        mixin.__init__ = original_init
 
     return undo
 
@@ -363,22 +373,17 @@ def smolvlm_video_optional() -> Optional[Undo]:
 @_patch("processors")
 def gemma4_video_optional() -> Optional[Undo]:
     """transformers 5's ``Gemma4Processor.__init__(feature_extractor, image_processor, tokenizer, video_processor,
-    ...)`` requires ``video_processor`` and hands it to ``ProcessorMixin.__init__`` by keyword; once
-    ``processor_without_torchvision`` drops it from the processor's attributes, ``from_pretrained`` calls it without
-    one, and ``ProcessorMixin.__init__`` rejects the keyword ("Unexpected keyword argument video_processor"). Wrap
-    ``__init__`` so the argument defaults to None, and ``ProcessorMixin.__init__`` so that, for a Gemma 4 processor,
-    a None ``video_processor`` that is not an attribute is dropped. Nothing to do with torchvision, or without
-    Gemma 4."""
+    ...)`` requires ``video_processor``; once ``processor_without_torchvision`` drops it from the processor's
+    attributes, ``from_pretrained`` calls it without one. Wrap ``__init__`` so the argument defaults to None (which
+    ``processor_without_torchvision`` then keeps from ``ProcessorMixin.__init__``). Nothing to do with torchvision,
+    or without Gemma 4."""
     if has_torchvision():
         return None
     try:
         from transformers import Gemma4Processor
     except ImportError:
         return None
-    from transformers import processing_utils
-
     original = Gemma4Processor.__init__
-    mixin_original = processing_utils.ProcessorMixin.__init__
 
     # the same positional parameters, in order, with upstream's defaults (see smolvlm_video_optional)
     def __init__(self, feature_extractor=None, image_processor=None, tokenizer=None, video_processor=None,
@@ -388,19 +393,10 @@ def gemma4_video_optional() -> Optional[Undo]:
                  audio_ms_per_token=audio_ms_per_token, **kwargs)
 
     __init__.__doc__ = original.__doc__
-
-    def mixin_init(self, *args, **kwargs):
-        if (isinstance(self, Gemma4Processor) and "video_processor" in kwargs and kwargs["video_processor"] is None
-                and "video_processor" not in self.get_attributes()):
-            del kwargs["video_processor"]
-        mixin_original(self, *args, **kwargs)
-
     Gemma4Processor.__init__ = __init__
-    processing_utils.ProcessorMixin.__init__ = mixin_init
 
     def undo():
         Gemma4Processor.__init__ = original
-        processing_utils.ProcessorMixin.__init__ = mixin_original
 
     return undo
 
