@@ -40,7 +40,9 @@ Not in the table, on purpose:
   without torchvision: PyPI's torchvision 0.28.0, the release for torch 2.13, is built against the
   CUDA torch and fails to import beside the CPU one (``RuntimeError: operator torchvision::nms does
   not exist``), so no test here can build these processors (nor Llama 4's and Molmo 2's below).
-  Adding it also needs a second render path: that wrapper writes image prompts by hand
+  Pixtral (mistral-community/pixtral-12b, ``model_type`` ``llava`` with a ``pixtral`` vision tower) has the same
+  processor: it would load through the ``llava`` row, untested here for that reason.
+  Adding Mistral 3 also needs a second render path: that wrapper writes image prompts by hand
   (``<s>[INST][IMG]\n{prompt}[/INST]``, ``Image k: [IMG]\n`` per image when several) and uses the
   chat template only for text-only prompts.
 * **Llama 4** (``llama4``, Llama-4-Scout-17B-16E / Maverick-17B-128E; lmms-eval's ``llama4_scout``). The site
