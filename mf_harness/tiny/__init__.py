@@ -10,11 +10,13 @@ One builder per family in `mf_harness.core.arch.ARCH` (`FAMILIES`). Each copies 
 matters from the published checkpoints: the special tokens and which of them are the
 image placeholder, eos and padding; whether the tokenizer prepends a BOS (Llama,
 Gemma); the chat template (Qwen2/2.5-VL-Instruct; Qwen3-VL-Instruct, also for
-Qwen3-VL-MoE, and Qwen3.5, without their tool branches; InternVL3-hf; llava-1.5-hf;
-llava-v1.6-mistral-hf; llava-onevision-hf; gemma-3-it; GLM-4.1V-9B-Thinking, also for GLM-4.5V;
+Qwen3-VL-MoE, and Qwen3.5, also for Qwen3.5-MoE, without their tool branches; InternVL3-hf;
+llava-1.5-hf; llava-v1.6-mistral-hf; llava-onevision-hf; gemma-3-it; gemma-4-31B-it (verbatim, in a
+.jinja file beside the builders); GLM-4.1V-9B-Thinking, also for GLM-4.5V;
 Idefics3-8B-Llama3; SmolVLM-Instruct); the processor class and its image-token
 expansion; the model's generation stop tokens. Sizes are tiny (28x28 vision tiles,
-4 image tokens per tile) so everything runs in milliseconds on a CPU.
+4 image tokens per tile; Gemma 4's processor always fills its 280-soft-token budget, so
+~256 image tokens there) so everything runs in milliseconds on a CPU.
 
 Weights are random (seeded): these checkpoints exercise code paths, they do not
 answer questions.
