@@ -43,7 +43,10 @@ class _Hook(importlib.abc.MetaPathFinder):
                 if label.startswith(TASK + " "):
                     if len(seen) == AFTER:
                         (Path(__file__).parent / f"hung.{{os.getpid()}}").write_text(label)
-                        time.sleep(3600)
+                        parent = os.getppid()
+                        while os.getppid() == parent:  # until killed, or orphaned (a launcher killed alone)
+                            time.sleep(0.2)
+                        os._exit(1)
                     seen.append(label)
                 return generate(self, prompt, images, doc, specs, gen_kwargs, label)
 
@@ -61,14 +64,15 @@ sys.meta_path.insert(0, _Hook())
 def hang_after():
     """Where a kill lands, made deterministic: ``hang_after(dir, task, n)`` writes a start-up hook (a
     ``sitecustomize`` in ``dir``) under which each process answers ``n`` samples of ``task`` through the fast
-    engine, then marks itself hung (a ``hung.<pid>`` file in ``dir``) and sleeps in its next one until killed.
-    Returns (env to add to the killed run's, a function listing the hung processes' marks)."""
+    engine, then marks itself hung (a ``hung.<pid>`` file in ``dir``) and waits in its next one until killed (or
+    until its parent dies: ranks that a launcher started in sessions of their own do not outlive it).
+    Returns (env to add to the killed run's, a function listing the hung processes' pids)."""
 
     def make(where: Path, task: str, n: int):
         where.mkdir(parents=True)
         (where / "sitecustomize.py").write_text(_HANG.format(task=task, after=n))
         path = os.pathsep.join(p for p in (str(where), os.environ.get("PYTHONPATH", "")) if p)
-        return {"PYTHONPATH": path}, lambda: sorted(p.name for p in where.glob("hung.*"))
+        return {"PYTHONPATH": path}, lambda: sorted(int(p.suffix[1:]) for p in where.glob("hung.*"))
 
     return make
 
