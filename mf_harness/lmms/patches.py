@@ -340,34 +340,43 @@ def processor_without_torchvision() -> Optional[Undo]:
     return undo
 
 
+def _video_optional(class_name: str, wrap: Callable) -> Optional[Undo]:
+    """Replace ``transformers.<class_name>.__init__`` by ``wrap(original)``, one whose ``video_processor``
+    defaults to None; nothing to do with torchvision or without that class. transformers passes the keyword
+    arguments that the code object names positionally (co_varnames up to co_argcount: chat_template, ...), so
+    each wrapper names upstream's parameters, in order, with upstream's defaults."""
+    if has_torchvision():
+        return None
+    import transformers
+
+    try:
+        cls = getattr(transformers, class_name)
+    except (ImportError, AttributeError):
+        return None
+    original = cls.__init__
+    cls.__init__ = wrap(original)
+    cls.__init__.__doc__ = original.__doc__
+
+    def undo():
+        cls.__init__ = original
+
+    return undo
+
+
 @_patch("processors")
 def smolvlm_video_optional() -> Optional[Undo]:
     """transformers 5's ``SmolVLMProcessor.__init__(image_processor, tokenizer, video_processor, ...)``
     requires ``video_processor``; once ``processor_without_torchvision`` drops it from the processor's
     attributes, ``from_pretrained`` calls it without one. Wrap ``__init__`` so the argument defaults to
     None. Nothing to do with torchvision, or without SmolVLM."""
-    if has_torchvision():
-        return None
-    try:
-        from transformers import SmolVLMProcessor
-    except ImportError:
-        return None
-    original = SmolVLMProcessor.__init__
+    def wrap(original):
+        def __init__(self, image_processor=None, tokenizer=None, video_processor=None, image_seq_len=169,
+                     chat_template=None, **kwargs):
+            original(self, image_processor, tokenizer, video_processor, image_seq_len=image_seq_len,
+                     chat_template=chat_template, **kwargs)
+        return __init__
 
-    # transformers passes the keyword arguments that the code object names positionally (co_varnames up to
-    # co_argcount: chat_template, image_seq_len, ...), so the wrapper names the same parameters, in order
-    def __init__(self, image_processor=None, tokenizer=None, video_processor=None, image_seq_len=169,
-                 chat_template=None, **kwargs):
-        original(self, image_processor, tokenizer, video_processor, image_seq_len=image_seq_len,
-                 chat_template=chat_template, **kwargs)
-
-    __init__.__doc__ = original.__doc__
-    SmolVLMProcessor.__init__ = __init__
-
-    def undo():
-        SmolVLMProcessor.__init__ = original
-
-    return undo
+    return _video_optional("SmolVLMProcessor", wrap)
 
 
 @_patch("processors")
@@ -377,28 +386,16 @@ def gemma4_video_optional() -> Optional[Undo]:
     attributes, ``from_pretrained`` calls it without one. Wrap ``__init__`` so the argument defaults to None (which
     ``processor_without_torchvision`` then keeps from ``ProcessorMixin.__init__``). Nothing to do with torchvision,
     or without Gemma 4."""
-    if has_torchvision():
-        return None
-    try:
-        from transformers import Gemma4Processor
-    except ImportError:
-        return None
-    original = Gemma4Processor.__init__
+    def wrap(original):
+        def __init__(self, feature_extractor=None, image_processor=None, tokenizer=None, video_processor=None,
+                     chat_template=None, image_seq_length=280, audio_seq_length=750, audio_ms_per_token=40,
+                     **kwargs):
+            original(self, feature_extractor, image_processor, tokenizer, video_processor,
+                     chat_template=chat_template, image_seq_length=image_seq_length,
+                     audio_seq_length=audio_seq_length, audio_ms_per_token=audio_ms_per_token, **kwargs)
+        return __init__
 
-    # the same positional parameters, in order, with upstream's defaults (see smolvlm_video_optional)
-    def __init__(self, feature_extractor=None, image_processor=None, tokenizer=None, video_processor=None,
-                 chat_template=None, image_seq_length=280, audio_seq_length=750, audio_ms_per_token=40, **kwargs):
-        original(self, feature_extractor, image_processor, tokenizer, video_processor, chat_template=chat_template,
-                 image_seq_length=image_seq_length, audio_seq_length=audio_seq_length,
-                 audio_ms_per_token=audio_ms_per_token, **kwargs)
-
-    __init__.__doc__ = original.__doc__
-    Gemma4Processor.__init__ = __init__
-
-    def undo():
-        Gemma4Processor.__init__ = original
-
-    return undo
+    return _video_optional("Gemma4Processor", wrap)
 
 
 def _no_num2words(n, *args, **kwargs):
